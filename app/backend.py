@@ -1,0 +1,72 @@
+"""One HyperbyteDB pod as the proxy sees it: its address, health and counters."""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+
+class Health(enum.Enum):
+    """Routing state of a backend; only ACTIVE is ever routed."""
+
+    UNKNOWN = "unknown"  # discovered, not yet probed
+    ACTIVE = "active"  # probe answered 2xx
+    DRAINING = "draining"  # probe answered 503 (syncing, joining, draining, leaving or failing)
+    DOWN = "down"  # probe failed, timed out, or a forward could not connect
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A health change, kept for the admin view."""
+
+    at: float  # wall-clock seconds
+    old: Health
+    new: Health
+    reason: str
+
+
+@dataclass(eq=False, slots=True)
+class Backend:
+    """A backend pod.  Identity is the object: a re-added IP is a new backend.
+
+    The counters are plain attributes mutated on the event loop only, so they
+    need no locks.
+    """
+
+    address: str  # IP literal, as text, without brackets
+    port: int
+    health: Health = Health.UNKNOWN
+    excluded: bool = False
+    inflight: int = 0
+    requests: int = 0
+    errors: int = 0
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    last_probe_at: float | None = None  # wall-clock seconds
+    last_probe_latency: float | None = None  # seconds
+    last_error: str | None = None
+    transitions: list[Transition] = field(default_factory=list)
+    host_header: str = field(init=False)
+    base_url: str = field(init=False)
+
+    MAX_TRANSITIONS = 20
+
+    def __post_init__(self) -> None:
+        host = f"[{self.address}]" if ipaddress.ip_address(self.address).version == 6 else self.address
+        self.host_header = f"{host}:{self.port}"
+        self.base_url = f"http://{host}:{self.port}"
+
+    @property
+    def routable(self) -> bool:
+        return self.health is Health.ACTIVE and not self.excluded
+
+    def record_transition(self, new: Health, reason: str, at: float) -> Transition:
+        transition = Transition(at, self.health, new, reason)
+        self.health = new
+        self.transitions.append(transition)
+        del self.transitions[: -self.MAX_TRANSITIONS]
+        return transition
+
+    def __repr__(self) -> str:
+        return f"Backend({self.host_header}, {self.health.value})"

@@ -1,0 +1,82 @@
+"""Which headers cross the proxy, in each direction.
+
+Hop-by-hop headers describe one connection, not the message (RFC 9110
+section 7.6.1), so they are dropped along with any header a ``Connection``
+header names.  Everything else passes unchanged and in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+Header = tuple[bytes, bytes]
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+# Set by the proxy itself: the backend's address, the real body length, and
+# no 100-continue handshake (the body is already read).
+REPLACED_ON_REQUEST = frozenset({b"host", b"content-length", b"expect"})
+_NOT_FORWARDED = HOP_BY_HOP | REPLACED_ON_REQUEST
+
+
+def _connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(token.strip().lower() for token in value.split(b","))
+    return frozenset(tokens)
+
+
+def request_headers(
+    headers: list[Header],
+    *,
+    host: bytes,
+    body_length: int,
+    had_length: bool,
+    client_ip: str | None,
+    scheme: str,
+) -> list[Header]:
+    """The headers to send a backend for a client's request (names as uvicorn gives them: lowercase)."""
+    tokens = _connection_tokens(headers)
+    dropped = _NOT_FORWARDED | tokens if tokens else _NOT_FORWARDED
+    out: list[Header] = [(b"host", host)]
+    forwarded_for: list[bytes] = []
+    has_proto = False
+    for name, value in headers:
+        if name in dropped:
+            continue
+        if name == b"x-forwarded-for":
+            forwarded_for.append(value)
+            continue
+        if name == b"x-forwarded-proto":
+            has_proto = True  # a TLS terminator in front of us knows the original scheme
+        out.append((name, value))
+    if client_ip:
+        forwarded_for.append(client_ip.encode("latin-1"))
+    if forwarded_for:
+        out.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+    if not has_proto:
+        out.append((b"x-forwarded-proto", scheme.encode("latin-1")))
+    if body_length or had_length:
+        out.append((b"content-length", str(body_length).encode("latin-1")))
+    return out
+
+
+def response_headers(headers: Iterable[Header]) -> list[Header]:
+    """The backend's end-to-end headers, to relay to the client."""
+    headers = list(headers)
+    tokens = _connection_tokens(headers)
+    dropped = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
+    return [(name, value) for name, value in headers if name.lower() not in dropped]

@@ -1,0 +1,49 @@
+"""Application factory: settings in, a ready-to-serve Starlette app out."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import httpx
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from app.admin import admin_routes
+from app.discovery import Resolver, SystemResolver
+from app.metrics import Metrics
+from app.settings import Settings, load_settings
+from app.state import ProxyState
+
+
+def create_app(
+    settings: Settings,
+    *,
+    forward_transport: httpx.AsyncBaseTransport | None = None,
+    probe_transport: httpx.AsyncBaseTransport | None = None,
+    resolver: Resolver | None = None,
+    metrics: Metrics | None = None,
+) -> Starlette:
+    """Build the proxy; every external dependency can be replaced (tests use respx and fakes)."""
+    state = ProxyState(
+        settings,
+        resolver=resolver or SystemResolver(settings.dns_nameservers),
+        forward_transport=forward_transport,
+        probe_transport=probe_transport,
+        metrics=metrics,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with state.running():
+            yield
+
+    routes = [*admin_routes(state), Route("/{path:path}", state.proxy)]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.proxy = state
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for servers that import the app by name (gunicorn, ``uvicorn --factory``)."""
+    return create_app(load_settings())

@@ -1,0 +1,124 @@
+"""The set of known backends, round-robin selection and waiting for one to be routable.
+
+Discovery adds and removes backends, the health checker and the forwarding
+path change their health, and requests pick from the routable ones.  All of
+it runs on one event loop, so the routable list is rebuilt on each change
+and a pick is a few list operations with no lock and no await.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+
+from app.backend import Backend, Health, Transition
+
+TransitionListener = Callable[[Backend, Transition], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolChange:
+    """What a reconcile did, so callers can probe newcomers and log departures."""
+
+    added: tuple[Backend, ...]
+    removed: tuple[Backend, ...]
+
+
+class BackendPool:
+    def __init__(self, port: int, *, clock: Callable[[], float] = time.time) -> None:
+        self._port = port
+        self._clock = clock
+        self._backends: dict[str, Backend] = {}
+        self._routable: list[Backend] = []
+        self._next = 0
+        self._became_routable = asyncio.Event()
+        self._listeners: list[TransitionListener] = []
+
+    # -- membership -----------------------------------------------------
+
+    def reconcile(self, addresses: Iterable[str]) -> PoolChange:
+        """Make the pool hold exactly ``addresses``; known ones keep their state."""
+        wanted = dict.fromkeys(addresses)
+        removed = tuple(b for addr, b in self._backends.items() if addr not in wanted)
+        added = tuple(Backend(addr, self._port) for addr in wanted if addr not in self._backends)
+        for backend in removed:
+            del self._backends[backend.address]
+        for backend in added:
+            self._backends[backend.address] = backend
+        if added or removed:
+            self._rebuild()
+        return PoolChange(added, removed)
+
+    def get(self, address: str) -> Backend | None:
+        return self._backends.get(address)
+
+    def backends(self) -> list[Backend]:
+        """A snapshot; members may be removed while a caller iterates it."""
+        return list(self._backends.values())
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    def contains(self, backend: Backend) -> bool:
+        return self._backends.get(backend.address) is backend
+
+    # -- health ---------------------------------------------------------
+
+    def add_listener(self, listener: TransitionListener) -> None:
+        self._listeners.append(listener)
+
+    def set_health(self, backend: Backend, health: Health, reason: str) -> bool:
+        """Change a backend's health; returns whether it changed."""
+        if backend.health is health:
+            return False
+        transition = backend.record_transition(health, reason, self._clock())
+        if self.contains(backend):
+            self._rebuild()
+        for listener in self._listeners:
+            listener(backend, transition)
+        return True
+
+    def set_excluded(self, backend: Backend, excluded: bool) -> None:
+        backend.excluded = excluded
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        routable = [b for b in self._backends.values() if b.routable]
+        grew = any(b not in self._routable for b in routable)
+        self._routable = routable
+        if grew:
+            # Wake every waiter, then start a fresh event for the next wait.
+            self._became_routable.set()
+            self._became_routable = asyncio.Event()
+
+    # -- selection ------------------------------------------------------
+
+    @property
+    def routable_count(self) -> int:
+        return len(self._routable)
+
+    def pick(self, avoid: Collection[Backend] = ()) -> Backend | None:
+        """The next routable backend in round-robin order that is not in ``avoid``."""
+        routable = self._routable
+        count = len(routable)
+        start = self._next
+        for offset in range(count):
+            backend = routable[(start + offset) % count]
+            if backend not in avoid:
+                self._next = (start + offset + 1) % count
+                return backend
+        return None
+
+    async def wait_routable(self, timeout: float) -> bool:
+        """Wait until some backend becomes routable; False when ``timeout`` passes first."""
+        if timeout <= 0:
+            return False
+        event = self._became_routable
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True

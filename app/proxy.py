@@ -1,0 +1,511 @@
+"""The catch-all endpoint: forward a request to a healthy backend and relay the answer.
+
+One request goes through: a bounded read of its body (kept for retries), a
+pick from the Active backends (or a hold until one turns Active), a forward,
+a classification of what came back, and either a retry elsewhere or a
+streamed relay of the backend's response.  It is a raw ASGI callable rather
+than a Starlette endpoint: it needs nothing Starlette's request object
+offers, and every allocation on this path is paid by every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from app.backend import Backend, Health
+from app.headers import request_headers, response_headers
+from app.logs import redact_query
+from app.metrics import Metrics
+from app.pool import BackendPool
+from app.retry_budget import RetryBudget
+from app.settings import Settings
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+access_log = logging.getLogger("hyperbytedb_proxy.access")
+log = logging.getLogger("hyperbytedb_proxy.proxy")
+
+DRAIN_MARKERS = (b'"status":"warn"', b"Draining", b"Syncing", b"Joining", b"Leaving", b"draining")
+DRAIN_HEADERS = (b"retry-after", b"x-hyperbytedb-redirect")
+PEEK_LIMIT = 64 * 1024  # a 503 body larger than this is not a drain answer
+RETRY_AFTER_SECS = b"1"
+CLIENT_CLOSED = 499  # nginx's status for the access log when the client went away
+
+
+class UpstreamAborted(Exception):
+    """The backend failed after the response started; the client connection is cut."""
+
+
+class _ClientGone(Exception):
+    """The client disconnected before the request body was read."""
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Overloaded(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Failure:
+    """Why a forward did not produce a response to relay."""
+
+    reason: str  # a key of metrics.RETRY_REASONS
+    detail: str
+    reached_backend: bool
+
+
+class ProxyEndpoint:
+    """ASGI app that forwards every request it receives."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: BackendPool,
+        client: httpx.AsyncClient,
+        metrics: Metrics,
+        retry_budget: RetryBudget,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._client = client
+        self._metrics = metrics
+        self._budget = retry_budget
+        self._max_body = settings.max_body_bytes
+        self._timeouts = {
+            "connect": settings.connect_timeout_ms / 1000,
+            "read": settings.request_timeout_secs,
+            "write": settings.request_timeout_secs,
+            "pool": settings.request_timeout_secs,
+        }
+        self._pending = 0
+        self._buffered = 0
+
+    @property
+    def pending(self) -> int:
+        """Requests currently held waiting for an Active backend."""
+        return self._pending
+
+    # -- ASGI entry point ------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        exchange = _Exchange(scope, send, time.perf_counter())
+        task = asyncio.current_task()
+        assert task is not None
+        watcher: asyncio.Task[None] | None = None
+        held_bytes = 0
+        self._metrics.inflight.inc()
+        try:
+            body, held_bytes = await self._read_body(scope, receive, exchange)
+            if body is None:
+                return
+            watcher = asyncio.ensure_future(_watch_disconnect(receive, task, exchange))
+            try:
+                await self._forward(scope, body, exchange)
+            except _Overloaded:
+                exchange.outcome = "overloaded"
+                await exchange.error(503, "too many requests are waiting for a backend; retry shortly")
+        except asyncio.CancelledError:
+            if not exchange.client_gone or task.uncancel() > 0:
+                raise
+            exchange.finish("client_closed", CLIENT_CLOSED)
+        except _ClientGone:
+            exchange.finish("client_closed", CLIENT_CLOSED)
+        except UpstreamAborted:
+            raise
+        except Exception:
+            log.exception("unexpected error while proxying", extra={"fields": {"path": scope["path"]}})
+            exchange.outcome = "fatal"
+            if exchange.started_response:
+                raise
+            await exchange.error(502, "internal proxy error")
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+            self._release(held_bytes)
+            self._metrics.inflight.dec()
+            self._record(exchange)
+
+    # -- request body ----------------------------------------------------
+
+    async def _read_body(
+        self, scope: Scope, receive: Receive, exchange: _Exchange
+    ) -> tuple[bytes | None, int]:
+        """Read the whole body within the limits, or answer the client and return None."""
+        declared = _declared_length(scope["headers"])
+        if declared is not None and declared > self._max_body:
+            await self._reject_too_large(exchange, declared)
+            return None, 0
+        reserved = 0
+        try:
+            if declared:
+                reserved = self._reserve(declared)
+            chunks: list[bytes] = []
+            size = 0
+            more = True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                chunk = message.get("body", b"")
+                more = message.get("more_body", False)
+                if chunk:
+                    size += len(chunk)
+                    if size > self._max_body:
+                        raise _TooLarge
+                    if size > reserved:
+                        reserved += self._reserve(size - reserved)
+                    chunks.append(chunk)
+        except _TooLarge:
+            self._release(reserved)
+            await self._reject_too_large(exchange, None)
+            return None, 0
+        except _Overloaded:
+            self._release(reserved)
+            exchange.outcome = "overloaded"
+            await exchange.error(503, "the proxy is buffering too many request bytes; retry shortly")
+            return None, 0
+        except BaseException:
+            self._release(reserved)
+            raise
+        exchange.had_length = declared is not None
+        return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), reserved
+
+    def _reserve(self, size: int) -> int:
+        if self._buffered + size > self._settings.max_buffered_bytes:
+            raise _Overloaded
+        self._buffered += size
+        self._metrics.buffered_bytes.inc(size)
+        return size
+
+    def _release(self, size: int) -> None:
+        if size:
+            self._buffered -= size
+            self._metrics.buffered_bytes.dec(size)
+
+    async def _reject_too_large(self, exchange: _Exchange, declared: int | None) -> None:
+        what = f"request body of {declared} bytes" if declared is not None else "request body"
+        exchange.outcome = "rejected"
+        await exchange.error(413, f"{what} exceeds the limit of {self._max_body} bytes", close=True)
+
+    # -- forwarding ------------------------------------------------------
+
+    async def _forward(self, scope: Scope, body: bytes, exchange: _Exchange) -> None:
+        self._budget.record_request()
+        tried: list[Backend] = []
+        last_failed: Backend | None = None
+        failure: _Failure | None = None
+        retries_left = self._settings.max_retries
+        hold_deadline: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            backend = self._pool.pick(tried) or self._pool.pick((last_failed,) if last_failed else ())
+            only_last_failed = (
+                backend is None
+                and last_failed is not None
+                and last_failed.routable
+                and self._pool.contains(last_failed)
+            )
+            if only_last_failed and exchange.waited_for_other:
+                backend = last_failed
+            if backend is None:
+                if hold_deadline is None:
+                    hold_deadline = loop.time() + self._settings.hold_timeout_secs
+                if not await self._hold(hold_deadline, loop, exchange, only_last_failed=only_last_failed):
+                    await self._give_up(exchange, failure)
+                    return
+                continue
+            tried.append(backend)
+            exchange.attempts += 1
+            failure = await self._attempt(scope, backend, body, exchange)
+            if failure is None:
+                return  # relayed
+            last_failed = backend
+            exchange.waited_for_other = False
+            if not failure.reached_backend:
+                # Passive ejection: the probe loop brings it back when it answers again.
+                self._pool.set_health(backend, Health.DOWN, f"forward failed: {failure.detail}")
+                self._metrics.retry_reason["connect"].inc()
+                continue
+            if retries_left <= 0:
+                await self._exhausted(exchange, failure)
+                return
+            if not self._budget.try_spend():
+                self._metrics.retries_denied.inc()
+                await self._exhausted(exchange, failure, budget=True)
+                return
+            retries_left -= 1
+            self._metrics.retry_reason[failure.reason].inc()
+
+    async def _hold(
+        self, deadline: float, loop: asyncio.AbstractEventLoop, exchange: _Exchange, *, only_last_failed: bool
+    ) -> bool:
+        """Wait for a routable backend; False when the hold deadline passed."""
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        if self._pending >= self._settings.max_pending:
+            raise _HoldRefused
+        if only_last_failed:
+            # The one routable backend just failed us: give the probes one
+            # round to take it out (or another backend to turn Active)
+            # before sending it the request again.
+            remaining = min(remaining, self._settings.health_interval_secs)
+            exchange.waited_for_other = True
+        self._pending += 1
+        self._metrics.held.inc()
+        started = loop.time()
+        try:
+            woke = await self._pool.wait_routable(remaining)
+        finally:
+            self._pending -= 1
+            self._metrics.held.dec()
+            exchange.held += loop.time() - started
+        return woke or only_last_failed or self._pool.routable_count > 0
+
+    async def _attempt(
+        self, scope: Scope, backend: Backend, body: bytes, exchange: _Exchange
+    ) -> _Failure | None:
+        """Forward once; relay and return None, or return why it failed."""
+        request = self._build_request(scope, backend, body)
+        backend.inflight += 1
+        backend.requests += 1
+        exchange.backend = backend
+        try:
+            started = time.perf_counter()
+            try:
+                response = await self._client.send(request, stream=True)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                backend.errors += 1
+                return _Failure("connect", str(exc) or type(exc).__name__, reached_backend=False)
+            except httpx.ReadTimeout as exc:
+                backend.errors += 1
+                if self._settings.retry_on_timeout:
+                    return _Failure("timeout", str(exc), reached_backend=True)
+                exchange.outcome = "timeout"
+                await exchange.error(504, f"backend {backend.host_header} did not answer in time")
+                return None
+            except httpx.TransportError as exc:
+                backend.errors += 1
+                return _Failure("transport", str(exc) or type(exc).__name__, reached_backend=True)
+            self._metrics.upstream_duration.observe(time.perf_counter() - started)
+            try:
+                prefix = b""
+                status = response.status_code
+                chunks = aiter(response.stream)
+                if status in (502, 504):
+                    backend.errors += 1
+                    return _Failure(f"status_{status}", f"backend answered {status}", reached_backend=True)
+                if status == 503:
+                    prefix, retryable = await _classify_503(response, chunks)
+                    if retryable:
+                        backend.errors += 1
+                        return _Failure("drain_503", "backend is draining or syncing", reached_backend=True)
+                await self._relay(response, chunks, prefix, exchange)
+                return None
+            finally:
+                await response.aclose()
+        finally:
+            backend.inflight -= 1
+
+    def _build_request(self, scope: Scope, backend: Backend, body: bytes) -> httpx.Request:
+        target = scope.get("raw_path") or scope["path"].encode("utf-8")
+        query = scope.get("query_string", b"")
+        if query:
+            target += b"?" + query
+        client = scope.get("client")
+        headers = request_headers(
+            scope["headers"],
+            host=backend.host_header.encode("ascii"),
+            body_length=len(body),
+            had_length=_declared_length(scope["headers"]) is not None,
+            client_ip=client[0] if client else None,
+            scheme=scope.get("scheme", "http"),
+        )
+        extensions = {"timeout": self._timeouts, "target": target}
+        try:
+            url = backend.base_url + target.decode("latin-1")
+            return httpx.Request(scope["method"], url, headers=headers, content=body, extensions=extensions)
+        except httpx.InvalidURL:
+            # httpx cannot express every target a backend accepts; the
+            # ``target`` extension still carries the exact bytes.
+            return httpx.Request(
+                scope["method"], backend.base_url, headers=headers, content=body, extensions=extensions
+            )
+
+    async def _relay(
+        self, response: httpx.Response, chunks: AsyncIterator[bytes], prefix: bytes, exchange: _Exchange
+    ) -> None:
+        send = exchange.send
+        exchange.status = response.status_code
+        exchange.outcome = "ok"
+        await send(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": response_headers(response.headers.raw),
+            }
+        )
+        exchange.started_response = True
+        if prefix:
+            await send({"type": "http.response.body", "body": prefix, "more_body": True})
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.TransportError as exc:
+            exchange.outcome = "fatal"
+            log.warning(
+                "backend failed mid-response; cutting the client connection",
+                extra={"fields": {"backend": exchange.backend_name, "error": str(exc) or type(exc).__name__}},
+            )
+            raise UpstreamAborted(str(exc)) from exc
+        exchange.completing = True
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _exhausted(self, exchange: _Exchange, failure: _Failure, *, budget: bool = False) -> None:
+        exchange.outcome = "exhausted"
+        why = "retry budget spent" if budget else f"{exchange.attempts} attempts"
+        await exchange.error(503, f"no backend could serve the request ({why}); last error: {failure.detail}")
+
+    async def _give_up(self, exchange: _Exchange, failure: _Failure | None) -> None:
+        self._metrics.no_backend.inc()
+        exchange.outcome = "no_backend"
+        detail = f"; last error: {failure.detail}" if failure else ""
+        await exchange.error(503, f"no healthy backend within {self._settings.hold_timeout_secs:g}s{detail}")
+
+    # -- bookkeeping -----------------------------------------------------
+
+    def _record(self, exchange: _Exchange) -> None:
+        elapsed = time.perf_counter() - exchange.started
+        self._metrics.outcome[exchange.outcome].inc()
+        self._metrics.request_duration.observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            scope = exchange.scope
+            client = scope.get("client")
+            access_log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "query": redact_query(scope.get("query_string", b"").decode("latin-1")),
+                        "status": exchange.status,
+                        "outcome": exchange.outcome,
+                        "backend": exchange.backend_name,
+                        "attempts": exchange.attempts,
+                        "held_ms": round(exchange.held * 1000, 1),
+                        "duration_ms": round(elapsed * 1000, 2),
+                        "client": client[0] if client else None,
+                    }
+                },
+            )
+
+
+class _HoldRefused(_Overloaded):
+    """Too many requests are already held."""
+
+
+class _Exchange:
+    """What one request has been through; feeds the answer, metrics and access log."""
+
+    __slots__ = (
+        "attempts",
+        "backend",
+        "client_gone",
+        "completing",
+        "had_length",
+        "held",
+        "outcome",
+        "scope",
+        "send",
+        "started",
+        "started_response",
+        "status",
+        "waited_for_other",
+    )
+
+    def __init__(self, scope: Scope, send: Send, started: float) -> None:
+        self.scope = scope
+        self.send = send
+        self.started = started
+        self.status = 0
+        self.outcome = "fatal"
+        self.backend: Backend | None = None
+        self.attempts = 0
+        self.held = 0.0
+        self.had_length = False
+        self.client_gone = False
+        self.completing = False
+        self.started_response = False
+        self.waited_for_other = False
+
+    @property
+    def backend_name(self) -> str | None:
+        return self.backend.host_header if self.backend else None
+
+    def finish(self, outcome: str, status: int) -> None:
+        self.outcome = outcome
+        if not self.started_response:
+            self.status = status
+
+    async def error(self, status: int, message: str, *, close: bool = False) -> None:
+        """Answer with a JSON error body, the InfluxDB way."""
+        body = json.dumps({"error": message}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if status == 503:
+            headers.append((b"retry-after", RETRY_AFTER_SECS))
+        if close:
+            headers.append((b"connection", b"close"))
+        self.status = status
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        self.started_response = True
+        self.completing = True
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _classify_503(response: httpx.Response, chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
+    """Read a 503's body (bounded) and decide whether it means 'try another node'."""
+    if any(name.lower() in DRAIN_HEADERS for name, _ in response.headers.raw):
+        return b"", True
+    body = bytearray()
+    async for chunk in chunks:
+        body += chunk
+        if len(body) > PEEK_LIMIT:
+            return bytes(body), False  # a large 503 body is a real error page; relay the rest too
+    text = bytes(body)
+    return text, (not text.strip() or any(marker in text for marker in DRAIN_MARKERS))
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], exchange: _Exchange) -> None:
+    """Cancel the request's task when its client goes away, freeing what it holds."""
+    message = await receive()
+    # uvicorn also reports a disconnect once the response is complete.
+    if message["type"] == "http.disconnect" and not exchange.completing:
+        exchange.client_gone = True
+        task.cancel()

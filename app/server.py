@@ -1,0 +1,89 @@
+"""uvicorn, configured for a proxy and taught to drain cleanly."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+
+import uvicorn
+from starlette.applications import Starlette
+
+from app.settings import Settings
+
+log = logging.getLogger("hyperbytedb_proxy")
+
+HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+WATCHDOG_MARGIN_SECS = 5.0
+KEEP_ALIVE_SECS = 75  # longer than common client idle timeouts, as nginx does
+
+
+def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+    fast = (
+        importlib.util.find_spec("uvloop") is not None and importlib.util.find_spec("httptools") is not None
+    )
+    return uvicorn.Config(
+        app,
+        host=settings.listen.host,
+        port=settings.listen.port,
+        loop="uvloop" if fast else "asyncio",
+        http="httptools" if fast else "h11",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,  # the client sees the backend's Server and Date, once
+        date_header=False,
+        proxy_headers=False,  # X-Forwarded-For must name the real peer
+        timeout_keep_alive=KEEP_ALIVE_SECS,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_secs) or None,
+    )
+
+
+class ProxyServer(uvicorn.Server):
+    """Marks the app not-ready the moment a stop signal arrives, and exits 0 after a clean drain."""
+
+    def __init__(self, config: uvicorn.Config, *, on_stop: Callable[[], None], grace_secs: float) -> None:
+        super().__init__(config)
+        self._on_stop = on_stop
+        self._grace = grace_secs
+        self._watchdog: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            log.info("stop signal received", extra={"fields": {"signal": signal.Signals(sig).name}})
+            self._on_stop()
+            self._start_watchdog()
+        super().handle_exit(sig, frame)
+
+    def _start_watchdog(self) -> None:
+        """If the drain wedges despite uvicorn's own timeout, end the process anyway."""
+
+        def expire() -> None:
+            log.error("shutdown grace elapsed; forcing exit")
+            logging.shutdown()
+            os._exit(1)
+
+        self._watchdog = threading.Timer(self._grace + WATCHDOG_MARGIN_SECS, expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # uvicorn re-raises the captured signal after shutdown, which would
+        # make a clean drain exit 143 instead of 0.
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+            if self._watchdog is not None:
+                self._watchdog.cancel()

@@ -1,0 +1,150 @@
+"""Everything one proxy instance owns, built together and started by the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+
+import httpx
+
+from app.backend import Backend, Health, Transition
+from app.discovery import Discovery, Resolver
+from app.health import HealthChecker
+from app.metrics import Metrics
+from app.pool import BackendPool
+from app.proxy import ProxyEndpoint
+from app.retry_budget import RetryBudget
+from app.settings import Settings
+from app.transport import UpstreamTransport
+
+log = logging.getLogger("hyperbytedb_proxy")
+
+USER_AGENT = "hyperbytedb-proxy-health/0.1"
+STARTUP_DISCOVERY_TIMEOUT = 5.0
+
+
+class ProxyState:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        resolver: Resolver,
+        forward_transport: httpx.AsyncBaseTransport | None = None,
+        probe_transport: httpx.AsyncBaseTransport | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.pool = BackendPool(settings.backend_port)
+        self.pool.add_listener(self._on_transition)
+        self.upstream = forward_transport or UpstreamTransport()
+        # Forwarding: requests are built by the proxy itself (no default
+        # headers, cookies or redirects); timeouts travel with each request.
+        self.forward_client = httpx.AsyncClient(transport=self.upstream, timeout=None, follow_redirects=False)
+        self.probe_client = httpx.AsyncClient(
+            transport=probe_transport,
+            timeout=settings.health_timeout_ms / 1000,
+            headers={"User-Agent": USER_AGENT},
+            follow_redirects=False,
+        )
+        self.retry_budget = RetryBudget(
+            percent=settings.retry_budget_percent,
+            min_retries=settings.retry_budget_min_retries,
+            window_secs=settings.retry_budget_window_secs,
+        )
+        self.proxy = ProxyEndpoint(settings, self.pool, self.forward_client, self.metrics, self.retry_budget)
+        self.health = HealthChecker(settings, self.pool, self.probe_client, self.metrics)
+        self.discovery = Discovery(
+            settings,
+            self.pool,
+            resolver,
+            self.metrics,
+            on_added=self.health.probe_soon,
+            on_removed=self._forget,
+        )
+        self.shutting_down = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        try:
+            async with asyncio.timeout(STARTUP_DISCOVERY_TIMEOUT):
+                await self.discovery.refresh()
+        except TimeoutError:
+            log.warning("initial DNS discovery timed out; serving and retrying in the background")
+        self._tasks = [
+            asyncio.create_task(self._supervise("discovery", self.discovery.run)),
+            asyncio.create_task(self._supervise("health checks", self.health.run)),
+        ]
+        log.info(
+            "proxy started",
+            extra={
+                "fields": {
+                    "listen": str(self.settings.listen),
+                    "service": self.settings.backend_service,
+                    "backends": len(self.pool),
+                }
+            },
+        )
+
+    async def stop(self) -> None:
+        self.begin_shutdown()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.health.aclose()
+        await self.forward_client.aclose()
+        await self.probe_client.aclose()
+
+    def begin_shutdown(self) -> None:
+        """Readiness fails from now on, so load balancers stop sending new traffic."""
+        if not self.shutting_down:
+            self.shutting_down = True
+            log.info("shutdown started; draining in-flight requests")
+
+    async def _supervise(self, name: str, loop_fn: collections.abc.Callable[[], object]) -> None:
+        """Keep a background loop alive: an unexpected error is logged and the loop restarted."""
+        while True:
+            try:
+                await loop_fn()  # type: ignore[misc]
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("background loop crashed; restarting in 1s", extra={"fields": {"loop": name}})
+                await asyncio.sleep(1)
+
+    def _on_transition(self, backend: Backend, transition: Transition) -> None:
+        self.metrics.transitions.labels(transition.old.value, transition.new.value).inc()
+        level = logging.WARNING if transition.new in (Health.DOWN,) else logging.INFO
+        log.log(
+            level,
+            "backend health changed",
+            extra={
+                "fields": {
+                    "backend": backend.host_header,
+                    "from": transition.old.value,
+                    "to": transition.new.value,
+                    "reason": transition.reason,
+                }
+            },
+        )
+
+    def _forget(self, backends: collections.abc.Sequence[Backend]) -> None:
+        forget = getattr(self.upstream, "forget", None)
+        for backend in backends:
+            if forget is not None:
+                forget(backend.address, backend.port)
+
+    def refresh_gauges(self) -> None:
+        counts = collections.Counter(b.health for b in self.pool.backends())
+        self.metrics.set_backend_counts(dict(counts))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> collections.abc.AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()

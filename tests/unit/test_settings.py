@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from app.settings import HostPort, Settings, SettingsError, env_name, load_settings, unknown_variables
+
+REQUIRED = {"HYPERBYTEDB_PROXY_BACKEND_SERVICE": "db-headless.db.svc.cluster.local"}
+
+
+def test_seed_defaults() -> None:
+    s = load_settings(REQUIRED)
+    assert s.listen == HostPort("0.0.0.0", 8086)
+    assert (s.backend_port, s.discovery_interval_secs, s.health_interval_secs) == (8086, 5, 2)
+    assert (s.health_path, s.health_timeout_ms, s.request_timeout_secs) == ("/health", 1500, 60)
+    assert (s.hold_timeout_secs, s.max_retries, s.shutdown_grace_secs, s.self_ip) == (10, 2, 30, None)
+    assert (s.connect_timeout_ms, s.max_body_bytes, s.dns_nameservers) == (1000, 26214400, ())
+    assert (s.retry_on_timeout, s.log_format, s.log_level) == (False, "text", "info")
+
+
+def test_every_field_has_a_documented_variable() -> None:
+    for field, info in Settings.model_fields.items():
+        assert info.description, field
+        assert env_name(field).startswith(("HYPERBYTEDB_PROXY_", "LOG_"))
+
+
+def test_parses_listen_nameservers_and_lists() -> None:
+    s = load_settings(
+        REQUIRED
+        | {
+            "HYPERBYTEDB_PROXY_BACKEND_SERVICE": "a.svc, b.svc,127.0.0.9",
+            "HYPERBYTEDB_PROXY_LISTEN": "[::1]:9000",
+            "HYPERBYTEDB_PROXY_DNS_NAMESERVERS": "127.0.0.1:5353, ::1",
+            "HYPERBYTEDB_PROXY_SELF_IP": "127.0.0.7",
+            "LOG_FORMAT": "JSON",
+            "LOG_LEVEL": "Debug",
+            "HYPERBYTEDB_PROXY_RETRY_ON_TIMEOUT": "true",
+        }
+    )
+    assert s.backend_names == ("a.svc", "b.svc", "127.0.0.9")
+    assert s.listen == HostPort("::1", 9000)
+    assert s.dns_nameservers == (HostPort("127.0.0.1", 5353), HostPort("::1", 53))
+    assert (s.self_ip, s.log_format, s.log_level, s.retry_on_timeout) == ("127.0.0.7", "json", "debug", True)
+
+
+def test_empty_value_means_unset() -> None:
+    s = load_settings(REQUIRED | {"HYPERBYTEDB_PROXY_SELF_IP": "", "HYPERBYTEDB_PROXY_MAX_RETRIES": " "})
+    assert s.self_ip is None and s.max_retries == 2
+
+
+def test_missing_backend_service_is_named() -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings({})
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith("HYPERBYTEDB_PROXY_BACKEND_SERVICE is required")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("HYPERBYTEDB_PROXY_LISTEN", "nowhere", "host:port"),
+        ("HYPERBYTEDB_PROXY_LISTEN", "0.0.0.0:99999", "1-65535"),
+        ("HYPERBYTEDB_PROXY_BACKEND_PORT", "0", "greater than or equal to 1"),
+        ("HYPERBYTEDB_PROXY_BACKEND_PORT", "http", "valid integer"),
+        ("HYPERBYTEDB_PROXY_DISCOVERY_INTERVAL_SECS", "-1", "greater than 0"),
+        ("HYPERBYTEDB_PROXY_HEALTH_INTERVAL_SECS", "soon", "valid number"),
+        ("HYPERBYTEDB_PROXY_HEALTH_PATH", "health", "starting with '/'"),
+        ("HYPERBYTEDB_PROXY_HEALTH_TIMEOUT_MS", "1.5s", "valid integer"),
+        ("HYPERBYTEDB_PROXY_REQUEST_TIMEOUT_SECS", "0", "greater than 0"),
+        ("HYPERBYTEDB_PROXY_HOLD_TIMEOUT_SECS", "-3", "greater than or equal to 0"),
+        ("HYPERBYTEDB_PROXY_MAX_RETRIES", "two", "valid integer"),
+        ("HYPERBYTEDB_PROXY_SHUTDOWN_GRACE_SECS", "x", "valid number"),
+        ("HYPERBYTEDB_PROXY_SELF_IP", "10.0.0", "IPv4 or IPv6"),
+        ("HYPERBYTEDB_PROXY_CONNECT_TIMEOUT_MS", "0", "greater than 0"),
+        ("HYPERBYTEDB_PROXY_MAX_BODY_BYTES", "25MB", "valid integer"),
+        ("HYPERBYTEDB_PROXY_DNS_NAMESERVERS", "dns.google", "IPv4 or IPv6"),
+        ("HYPERBYTEDB_PROXY_DNS_NAMESERVERS", "127.0.0.1:abc", "not a number"),
+        ("HYPERBYTEDB_PROXY_RETRY_ON_TIMEOUT", "maybe", "valid boolean"),
+        ("LOG_FORMAT", "xml", "'text' or 'json'"),
+        ("LOG_LEVEL", "loud", "'debug'"),
+    ],
+)
+def test_bad_value_names_variable_value_and_expectation(variable: str, value: str, expected: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(REQUIRED | {variable: value})
+    (line,) = err.value.problems
+    assert line.startswith(f"{variable}={value!r} is invalid: ")
+    assert expected in line
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings({"HYPERBYTEDB_PROXY_MAX_RETRIES": "x", "LOG_LEVEL": "loud"})
+    assert len(err.value.problems) == 3  # the two bad values and the missing service
+
+
+def test_unknown_prefixed_variables_are_reported() -> None:
+    env = REQUIRED | {
+        "HYPERBYTEDB_PROXY_MAX_RETRY": "1",
+        "HYPERBYTEDB_PROXY_MAX_RETRIES": "1",
+        "PATH": "/bin",
+    }
+    assert unknown_variables(env) == ["HYPERBYTEDB_PROXY_MAX_RETRY"]
+
+
+def _run_main(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("HYPERBYTEDB_PROXY_", "LOG_"))}
+    return subprocess.run(
+        [sys.executable, "-m", "app"], env=base | env, capture_output=True, text=True, timeout=30, check=False
+    )
+
+
+def test_process_exits_2_with_one_line_per_problem_and_no_traceback() -> None:
+    result = _run_main({"HYPERBYTEDB_PROXY_HEALTH_TIMEOUT_MS": "fast", "HYPERBYTEDB_PROXY_LISTEN": "x"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 3, result.stderr
+    assert any("HYPERBYTEDB_PROXY_BACKEND_SERVICE is required" in line for line in lines)
+    assert any("HYPERBYTEDB_PROXY_HEALTH_TIMEOUT_MS='fast'" in line for line in lines)
+    assert any("HYPERBYTEDB_PROXY_LISTEN='x'" in line for line in lines)
+    assert "Traceback" not in result.stderr
