@@ -42,18 +42,21 @@ class HealthChecker:
         self._pending: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
-        """Probe all backends every interval, at a fixed rate that slow probes cannot stretch."""
+        """Probe all backends every interval, at a fixed rate that slow probes cannot stretch.
+
+        The first round waits one interval: discovery probes newcomers itself.
+        """
         loop = asyncio.get_running_loop()
         interval = self._settings.health_interval_secs
         next_round = loop.time()
         while True:
-            await self.probe_all()
             next_round += interval
             delay = next_round - loop.time()
             if delay < 0:  # a round overran: start the next one now, not a burst of catch-ups
                 next_round = loop.time()
                 delay = 0
             await asyncio.sleep(delay)
+            await self.probe_all()
 
     async def probe_all(self) -> None:
         backends = self._pool.backends()

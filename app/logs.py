@@ -19,7 +19,7 @@ REDACTED = "[REDACTED]"
 
 _SECRET_PATTERNS = (
     # InfluxDB v1 password query parameter: ?p=secret or &p=secret
-    (re.compile(r"(?i)(^|[?&\s\"'])(p=)[^&\s\"']*"), rf"\1\2{REDACTED}"),
+    (re.compile(r"(?i)(^|[?&=\s\"'])(p=)[^&\s\"']*"), rf"\1\2{REDACTED}"),
     # Authorization header values, in header dumps or reprs
     (
         re.compile(r"(?i)(authorization[\"']?\s*[:=,]\s*[\"']?)(?:(basic|bearer|token)\s+)?[^\s\"',)]+"),

@@ -54,9 +54,8 @@ class Harness:
         self.settings = make_settings(**env)
         self.backends = respx.MockRouter(assert_all_called=False, assert_all_mocked=True)
         self.probes = respx.MockRouter(assert_all_called=False, assert_all_mocked=True)
-        self.probes.get(path=self.settings.health_path).mock(
-            return_value=httpx.Response(200, json={"status": "pass"})
-        )
+        self.scripted_probes: dict[str, list[httpx.Response | Exception]] = {}
+        self.probes.get(path=self.settings.health_path).mock(side_effect=self._probe_answer)
         self.resolver = FakeResolver({SERVICE: list(ips)})
         self.app = create_app(
             self.settings,
@@ -66,6 +65,17 @@ class Harness:
         )
         self.state: ProxyState = self.app.state.proxy
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://proxy")
+
+    def _probe_answer(self, request: httpx.Request) -> httpx.Response:
+        script = self.scripted_probes.get(request.url.host)
+        answer = script.pop(0) if script else httpx.Response(200, json={"status": "pass"})
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def script_probes(self, ip: str, *answers: httpx.Response | Exception) -> None:
+        """The next probes of ``ip`` get these answers, in order; then 200 again."""
+        self.scripted_probes[ip] = list(answers)
 
     def backend(self, ip: str) -> Backend:
         found = self.state.pool.get(ip)
@@ -97,4 +107,4 @@ class Harness:
     async def wait_routable(self, count: int, timeout: float = 2.0) -> None:
         async with asyncio.timeout(timeout):
             while self.state.pool.routable_count < count:
-                await asyncio.sleep(0.005)
+                await self.state.pool.wait_routable(timeout)
