@@ -28,6 +28,7 @@ from app.settings import HostPort, Settings
 log = logging.getLogger("hyperbytedb_proxy.discovery")
 
 HOSTS_FILE = Path("/etc/hosts")
+RESOLV_CONF = Path("/etc/resolv.conf")
 LOOKUP_LIFETIME = 5.0
 
 
@@ -60,12 +61,13 @@ class SystemResolver:
         nameservers: Sequence[HostPort] = (),
         *,
         hosts_file: Path = HOSTS_FILE,
+        resolv_conf: Path = RESOLV_CONF,
         lifetime: float = LOOKUP_LIFETIME,
     ) -> None:
         self._hosts_file = hosts_file
         try:
-            resolver = dns.asyncresolver.Resolver(configure=True)
-        except dns.resolver.NoResolverConfiguration:
+            resolver = dns.asyncresolver.Resolver(filename=str(resolv_conf), configure=True)
+        except (dns.resolver.NoResolverConfiguration, OSError):
             resolver = dns.asyncresolver.Resolver(configure=False)
             resolver.nameservers = ["127.0.0.1"]
         if nameservers:

@@ -45,5 +45,14 @@ def create_app(
 
 
 def create_app_from_env() -> Starlette:
-    """Factory for servers that import the app by name (gunicorn, ``uvicorn --factory``)."""
-    return create_app(load_settings())
+    """Factory for servers that import the app by name (gunicorn, ``uvicorn --factory``).
+
+    Such a server owns the process, so this also sets up logging; a bad
+    environment raises :class:`~app.settings.SettingsError` naming each problem.
+    """
+    from app.logs import setup_logging
+    from app.proxy import UpstreamAborted
+
+    settings = load_settings()
+    setup_logging(settings.log_format, settings.log_level, quiet_exceptions=(UpstreamAborted,))
+    return create_app(settings)

@@ -122,3 +122,11 @@ def test_process_exits_2_with_one_line_per_problem_and_no_traceback() -> None:
     assert any("HYPERBYTEDB_PROXY_HEALTH_TIMEOUT_MS='fast'" in line for line in lines)
     assert any("HYPERBYTEDB_PROXY_LISTEN='x'" in line for line in lines)
     assert "Traceback" not in result.stderr
+
+
+def test_readme_documents_every_setting() -> None:
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [env_name(field) for field in Settings.model_fields if f"`{env_name(field)}`" not in readme]
+    assert not missing

@@ -1,0 +1,40 @@
+"""A gunicorn worker that serves the proxy exactly as ``python -m app`` does.
+
+uvicorn-worker's stock worker would add uvicorn's own Server and Date
+headers, trust X-Forwarded-For from peers and keep readiness green during a
+drain; this one reuses the single-process server's configuration instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, ClassVar
+
+from gunicorn.arbiter import Arbiter
+from uvicorn_worker import UvicornWorker
+
+from app.server import KEEP_ALIVE_SECS, ProxyServer
+
+
+class ProxyWorker(UvicornWorker):
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "server_header": False,
+        "date_header": False,
+        "proxy_headers": False,
+        "timeout_keep_alive": KEEP_ALIVE_SECS,
+    }
+
+    async def _serve(self) -> None:
+        self.config.app = self.wsgi
+        state = self.wsgi.state.proxy
+        grace = state.settings.shutdown_grace_secs
+        self.config.timeout_graceful_shutdown = int(grace) or None
+        server = ProxyServer(self.config, on_stop=state.begin_shutdown, grace_secs=grace)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)

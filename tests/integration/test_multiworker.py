@@ -1,0 +1,70 @@
+"""Two gunicorn workers behind one listener: /metrics speaks for both."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sim.processes import NodeProcess, ProxyProcess
+from tests.integration.conftest import NODE_IPS, ProxyFactory
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).parents[2]
+
+
+def _sample(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
+    assert match, name
+    return float(match.group(1))
+
+
+def test_two_workers_aggregate_metrics(
+    tmp_path: Path, nodes: dict[str, NodeProcess], start_proxy: ProxyFactory, node_port: int
+) -> None:
+    multiproc = tmp_path / "prometheus"
+    gunicorn = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(REPO / "gunicorn.conf.py"),
+        "app.main:create_app_from_env()",
+    ]
+    proxy = ProxyProcess(
+        {
+            "HYPERBYTEDB_PROXY_BACKEND_SERVICE": ",".join(NODE_IPS),
+            "HYPERBYTEDB_PROXY_BACKEND_PORT": str(node_port),
+            "HYPERBYTEDB_PROXY_HEALTH_INTERVAL_SECS": "0.5",
+            "HYPERBYTEDB_PROXY_WORKERS": "2",
+            "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
+            "LOG_LEVEL": "warning",
+        },
+        argv=gunicorn,
+        log_dir=tmp_path,
+    )
+    try:
+        proxy.start()
+        proxy.wait_ready(timeout=20)
+        pids: set[str] = set()
+        for i in range(60):
+            # A new connection each time, so the kernel spreads them over both workers.
+            with httpx.Client(base_url=proxy.url, timeout=5) as client:
+                r = client.post("/write?db=w", content=f"m v={i} {1_700_000_000_000_000_000 + i}")
+                assert r.status_code == 204
+        pids = {p.name.split("_")[-1].removesuffix(".db") for p in multiproc.glob("counter_*.db")}
+        assert len(pids) == 2, f"expected both workers to count requests, saw files for {pids}"
+        text = httpx.get(f"{proxy.url}/metrics", timeout=5).text
+        assert _sample(text, 'hyperbytedb_proxy_requests_total{outcome="ok"}') == 60  # summed over workers
+        assert _sample(text, "hyperbytedb_proxy_request_duration_seconds_count") == 60
+        active = _sample(text, 'hyperbytedb_proxy_backends{health="active"}')
+        assert active == 3  # a gauge reported once, not once per worker
+        proxy.send_signal(signal.SIGTERM)
+        assert proxy.wait_exit(timeout=20) == 0
+    finally:
+        proxy.stop()
