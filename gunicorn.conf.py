@@ -93,9 +93,17 @@ def _multiproc_dir() -> Path | None:
 
 
 def on_starting(server: Any) -> None:
-    """In the master, before any worker: check the worker class, reset metrics."""
+    """In the master, before any worker: check the worker class, reset shared state."""
     if importlib.util.find_spec("uvicorn_worker") is None:
         sys.exit("hyperbytedb-proxy: gunicorn needs the package uvicorn-worker (pip install uvicorn-worker)")
+
+    # Operator exclusions are shared by this master's workers through a file
+    # named after its pid; a previous master with the same pid (PID 1 in a
+    # restarted container) must not hand its exclusions to this one.
+    from app.exclusions import shared_exclusions_path
+
+    stale_exclusions = shared_exclusions_path().with_name(f"hyperbytedb-proxy-exclusions-{os.getpid()}.json")
+    stale_exclusions.unlink(missing_ok=True)
 
     directory = _multiproc_dir()
     if directory is None:

@@ -7,6 +7,8 @@ catch-all and never reach a backend.
 from __future__ import annotations
 
 import datetime
+import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -14,7 +16,34 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from app.backend import Backend
+from app.discovery import canonical_ip
 from app.state import ProxyState
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def require_token(state: ProxyState, endpoint: Endpoint) -> Endpoint:
+    """Guard an operator endpoint with the configured bearer token (compared in constant time)."""
+    configured = state.settings.admin_token
+
+    async def guarded(request: Request) -> Response:
+        if configured is None:
+            return _error(
+                403,
+                "admin endpoints are disabled: set HYPERBYTEDB_PROXY_ADMIN_TOKEN and send "
+                "'Authorization: Bearer <token>' to enable them",
+            )
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        expected = configured.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            return _error(401, "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="admin"'})
+        return await endpoint(request)
+
+    return guarded
 
 
 def _iso(ts: float | None) -> str | None:
@@ -62,14 +91,52 @@ def admin_routes(state: ProxyState) -> list[Route]:
         return Response(exposition.body, media_type=exposition.content_type)
 
     async def backends(request: Request) -> Response:
+        members = state.pool.backends()
         return JSONResponse(
             {
                 "service": state.settings.backend_service,
                 "routable": state.pool.routable_count,
                 "held_requests": state.proxy.pending,
-                "backends": [backend_view(b) for b in state.pool.backends()],
+                "totals": {
+                    "requests": dict(state.proxy.outcomes),
+                    "inflight": sum(b.inflight for b in members),
+                    "held": state.proxy.pending,
+                    "routable": state.pool.routable_count,
+                    "backends": len(members),
+                },
+                "backends": [backend_view(b) for b in members],
             }
         )
+
+    async def pool(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "backends": [
+                    {
+                        "address": b.address,
+                        "port": b.port,
+                        "health": b.health.value,
+                        "excluded": b.excluded,
+                        "routable": b.routable,
+                    }
+                    for b in state.pool.backends()
+                ]
+            }
+        )
+
+    def exclusion(excluded: bool) -> Endpoint:
+        async def change(request: Request) -> Response:
+            raw = request.path_params["ip"]
+            address = canonical_ip(raw)
+            if address is None:
+                return _error(400, f"{raw!r} is not an IP address")
+            backend = state.pool.get(address)
+            if backend is None:
+                return _error(404, f"{address} is not a known backend")
+            state.set_excluded(backend, excluded)
+            return JSONResponse(backend_view(backend))
+
+        return change
 
     read_only = ["GET", "HEAD"]
     return [
@@ -77,4 +144,7 @@ def admin_routes(state: ProxyState) -> list[Route]:
         Route("/readyz", readyz, methods=read_only),
         Route("/metrics", metrics, methods=read_only),
         Route("/admin/backends", backends, methods=read_only),
+        Route("/admin/pool", require_token(state, pool), methods=read_only),
+        Route("/admin/backends/{ip}/exclude", require_token(state, exclusion(True)), methods=["POST"]),
+        Route("/admin/backends/{ip}/include", require_token(state, exclusion(False)), methods=["POST"]),
     ]

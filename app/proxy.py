@@ -23,7 +23,7 @@ import httpx
 from app.backend import Backend, Health
 from app.headers import request_headers, response_headers
 from app.logs import redact_query
-from app.metrics import Metrics
+from app.metrics import OUTCOMES, Metrics
 from app.pool import BackendPool
 from app.retry_budget import RetryBudget
 from app.settings import Settings
@@ -93,6 +93,7 @@ class ProxyEndpoint:
         }
         self._pending = 0
         self._buffered = 0
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)  # this process's totals, for the status page
 
     @property
     def pending(self) -> int:
@@ -393,6 +394,7 @@ class ProxyEndpoint:
 
     def _record(self, exchange: _Exchange) -> None:
         elapsed = time.perf_counter() - exchange.started
+        self.outcomes[exchange.outcome] += 1
         self._metrics.outcome[exchange.outcome].inc()
         self._metrics.request_duration.observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):

@@ -11,6 +11,7 @@ import httpx
 
 from app.backend import Backend, Health, Transition
 from app.discovery import Discovery, Resolver
+from app.exclusions import ExclusionStore, shared_exclusions_path
 from app.health import HealthChecker
 from app.metrics import Metrics
 from app.pool import BackendPool
@@ -56,13 +57,14 @@ class ProxyState:
         )
         self.proxy = ProxyEndpoint(settings, self.pool, self.forward_client, self.metrics, self.retry_budget)
         self.health = HealthChecker(settings, self.pool, self.probe_client, self.metrics)
+        self.exclusions = ExclusionStore(shared_exclusions_path() if settings.workers > 1 else None)
         self.discovery = Discovery(
             settings,
             self.pool,
             resolver,
             self.metrics,
-            on_added=self.health.probe_soon,
-            on_removed=self._forget,
+            on_added=self._on_added,
+            on_removed=self._on_removed,
         )
         self.shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -76,6 +78,7 @@ class ProxyState:
         self._tasks = [
             asyncio.create_task(self._supervise("discovery", self.discovery.run)),
             asyncio.create_task(self._supervise("health checks", self.health.run)),
+            asyncio.create_task(self._supervise("exclusion sync", self._sync_exclusions_loop)),
         ]
         log.info(
             "proxy started",
@@ -131,11 +134,48 @@ class ProxyState:
             },
         )
 
-    def _forget(self, backends: collections.abc.Sequence[Backend]) -> None:
+    def _on_added(self, backends: collections.abc.Sequence[Backend]) -> None:
+        for backend in backends:
+            if backend.address in self.exclusions:
+                self.pool.set_excluded(backend, True)
+        self.health.probe_soon(backends)
+
+    def _on_removed(self, backends: collections.abc.Sequence[Backend]) -> None:
+        # An exclusion names a pod; once its IP leaves DNS it must not
+        # silently apply to a future pod that reuses the address.
+        self.exclusions.discard(b.address for b in backends)
         forget = getattr(self.upstream, "forget", None)
         for backend in backends:
             if forget is not None:
                 forget(backend.address, backend.port)
+
+    # -- operator exclusions ------------------------------------------------
+
+    def set_excluded(self, backend: Backend, excluded: bool) -> None:
+        if excluded:
+            self.exclusions.add(backend.address)
+        else:
+            self.exclusions.discard([backend.address])
+        self._apply_exclusion(backend, excluded)
+
+    def sync_exclusions(self) -> None:
+        """Apply exclusions another worker made."""
+        if self.exclusions.reload():
+            for backend in self.pool.backends():
+                self._apply_exclusion(backend, backend.address in self.exclusions)
+
+    def _apply_exclusion(self, backend: Backend, excluded: bool) -> None:
+        if backend.excluded != excluded:
+            self.pool.set_excluded(backend, excluded)
+            log.info(
+                "backend excluded by operator" if excluded else "backend included by operator",
+                extra={"fields": {"backend": backend.host_header}},
+            )
+
+    async def _sync_exclusions_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.health_interval_secs)
+            self.sync_exclusions()
 
     def refresh_gauges(self) -> None:
         counts = collections.Counter(b.health for b in self.pool.backends())

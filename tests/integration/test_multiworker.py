@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -42,6 +43,7 @@ def test_two_workers_aggregate_metrics(
             "HYPERBYTEDB_PROXY_BACKEND_PORT": str(node_port),
             "HYPERBYTEDB_PROXY_HEALTH_INTERVAL_SECS": "0.5",
             "HYPERBYTEDB_PROXY_WORKERS": "2",
+            "HYPERBYTEDB_PROXY_ADMIN_TOKEN": "t0ken",
             "PROMETHEUS_MULTIPROC_DIR": str(multiproc),
             "LOG_LEVEL": "warning",
         },
@@ -64,6 +66,19 @@ def test_two_workers_aggregate_metrics(
         assert _sample(text, "hyperbytedb_proxy_request_duration_seconds_count") == 60
         active = _sample(text, 'hyperbytedb_proxy_backends{health="active"}')
         assert active == 3  # a gauge reported once, not once per worker
+
+        # An exclusion made through one worker is honoured by both within a health interval.
+        excluded = NODE_IPS[0]
+        r = httpx.post(
+            f"{proxy.url}/admin/backends/{excluded}/exclude", headers={"Authorization": "Bearer t0ken"}
+        )
+        assert r.status_code == 200
+        time.sleep(1.0)  # two health intervals
+        before = nodes[excluded].requests()["paths"].get("/ping", 0)
+        for _ in range(40):
+            with httpx.Client(base_url=proxy.url, timeout=5) as client:
+                assert client.get("/ping").status_code == 204
+        assert nodes[excluded].requests()["paths"].get("/ping", 0) == before
         proxy.send_signal(signal.SIGTERM)
         assert proxy.wait_exit(timeout=20) == 0
     finally:
