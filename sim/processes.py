@@ -331,11 +331,12 @@ class NodeProcess(ManagedProcess):
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.address}"
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def command(self) -> list[str]:
         argv = [sys.executable, "-m", "sim.node", "--host", self.host, "--port", str(self.port)]
