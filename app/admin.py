@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ from starlette.routing import Route
 from app.backend import Backend
 from app.discovery import canonical_ip
 from app.state import ProxyState
+from app.status_page import status_page
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -95,6 +97,7 @@ def admin_routes(state: ProxyState) -> list[Route]:
         return JSONResponse(
             {
                 "service": state.settings.backend_service,
+                "now": _iso(time.time()),
                 "routable": state.pool.routable_count,
                 "held_requests": state.proxy.pending,
                 "totals": {
@@ -143,6 +146,7 @@ def admin_routes(state: ProxyState) -> list[Route]:
         Route("/healthz", healthz, methods=read_only),
         Route("/readyz", readyz, methods=read_only),
         Route("/metrics", metrics, methods=read_only),
+        Route("/admin", status_page, methods=read_only),
         Route("/admin/backends", backends, methods=read_only),
         Route("/admin/pool", require_token(state, pool), methods=read_only),
         Route("/admin/backends/{ip}/exclude", require_token(state, exclusion(True)), methods=["POST"]),
