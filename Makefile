@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test unit lint format run bench chaos deps chart-check clean
+.PHONY: demo test unit lint format run bench chaos deps docs chart-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,13 @@ bench: $(VENV)/.installed deps
 chaos: $(VENV)/.installed deps
 	$(PY) -m chaos
 
+## docs: regenerate the configuration reference and build the site into site/
+docs: $(VENV)/.installed
+	$(PY) scripts/gen_config_docs.py
+	$(PY) -m mkdocs build --strict
+
 chart-check: $(VENV)/.installed
 	bash scripts/check-chart.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .bench build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .bench build dist site *.egg-info

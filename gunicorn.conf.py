@@ -35,8 +35,10 @@ from app.settings import SettingsError, load_settings
 
 try:
     _settings = load_settings()
-except SettingsError as exc:  # one line per bad variable, no traceback
-    raise SystemExit(f"hyperbytedb-proxy: invalid configuration:\n{exc}") from None
+except SettingsError as exc:  # one line per bad variable, no traceback, status 2 as `hyperbytedb-proxy`
+    for _problem in exc.problems:
+        print(f"hyperbytedb-proxy: configuration error: {_problem}", file=sys.stderr)
+    raise SystemExit(2) from None
 
 # --- server socket -----------------------------------------------------------
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
 from app.main import create_app
-from app.settings import SettingsError, load_settings, unknown_variables
+from app.settings import SettingsError, load_settings, warn_unknown_variables
 
 EXIT_CONFIG = 2
 
@@ -26,9 +25,7 @@ def main() -> int:
     from app.server import ProxyServer, uvicorn_config
 
     setup_logging(settings.log_format, settings.log_level, quiet_exceptions=(UpstreamAborted,))
-    log = logging.getLogger("hyperbytedb_proxy")
-    for name in unknown_variables(os.environ):
-        log.warning("ignoring unknown setting", extra={"fields": {"variable": name}})
+    warn_unknown_variables(os.environ)
 
     app = create_app(settings)
     server = ProxyServer(

@@ -80,7 +80,7 @@ class SystemResolver:
         literal = canonical_ip(name)
         if literal is not None:
             return [literal]
-        from_hosts = self._from_hosts(name)
+        from_hosts = await asyncio.to_thread(self._from_hosts, name)
         if from_hosts:
             return from_hosts
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -12,7 +13,7 @@ from starlette.routing import Route
 from app.admin import admin_routes
 from app.discovery import Resolver, SystemResolver
 from app.metrics import Metrics
-from app.settings import Settings, load_settings
+from app.settings import Settings, load_settings, warn_unknown_variables
 from app.state import ProxyState
 
 
@@ -55,4 +56,5 @@ def create_app_from_env() -> Starlette:
 
     settings = load_settings()
     setup_logging(settings.log_format, settings.log_level, quiet_exceptions=(UpstreamAborted,))
+    warn_unknown_variables(os.environ)
     return create_app(settings)

@@ -89,6 +89,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self.routable = Gauge(
+            "hyperbytedb_proxy_routable_backends",
+            "Backends requests can be sent to: Active and not excluded by an operator.",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.transitions = Counter(
             "hyperbytedb_proxy_health_transitions_total",
             "Backend health changes.",

@@ -80,6 +80,16 @@ class BackendPool:
             listener(backend, transition)
         return True
 
+    def eject(self, backend: Backend, reason: str) -> None:
+        """Passive ejection: a forward could not connect, so stop routing there now.
+
+        The failure counts as a failed probe, so HEALTH_RISE good probes are
+        needed before it serves again.
+        """
+        backend.consecutive_successes = 0
+        backend.consecutive_failures += 1
+        self.set_health(backend, Health.DOWN, reason)
+
     def set_excluded(self, backend: Backend, excluded: bool) -> None:
         backend.excluded = excluded
         self._rebuild()

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from app.backend import Backend, Health
+from app.backend import Backend
 from app.headers import request_headers, response_headers
 from app.logs import redact_query
 from app.metrics import OUTCOMES, Metrics
@@ -240,7 +240,7 @@ class ProxyEndpoint:
             exchange.waited_for_other = False
             if not failure.reached_backend:
                 # Passive ejection: the probe loop brings it back when it answers again.
-                self._pool.set_health(backend, Health.DOWN, f"forward failed: {failure.detail}")
+                self._pool.eject(backend, f"forward failed: {failure.detail}")
                 self._metrics.retry_reason["connect"].inc()
                 continue
             if retries_left <= 0:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import math
 import os
 import signal
 import threading
@@ -40,7 +41,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         date_header=False,
         proxy_headers=False,  # X-Forwarded-For must name the real peer
         timeout_keep_alive=KEEP_ALIVE_SECS,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_secs) or None,
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_secs),
     )
 
 

@@ -21,7 +21,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 ENV_PREFIX = "HYPERBYTEDB_PROXY_"
 DNS_PORT = 53
@@ -166,6 +166,26 @@ class Settings(BaseSettings):
         description="Lowest level logged.",
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings() reads the environment itself (so that empty means
+        # unset and errors can quote the raw value); nothing else may.
+        return (init_settings,)
+
+    @field_validator("admin_token")
+    @classmethod
+    def _blank_token_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        return SecretStr(value.get_secret_value().strip())
+
     @field_validator("listen", mode="before")
     @classmethod
     def _parse_listen(cls, value: Any) -> Any:
@@ -273,4 +293,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """Prefixed variables that match no setting: usually a typo worth a warning."""
     known = {env_name(field).upper() for field in Settings.model_fields}
+    known |= {ENV_PREFIX + field.upper() for field in Settings.model_fields}
     return sorted(key for key in environ if key.upper().startswith(ENV_PREFIX) and key.upper() not in known)
+
+
+def warn_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Log one warning per prefixed variable that no setting reads."""
+    import logging
+
+    log = logging.getLogger("hyperbytedb_proxy")
+    for name in unknown_variables(environ):
+        log.warning("ignoring unknown setting", extra={"fields": {"variable": name}})

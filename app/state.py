@@ -70,6 +70,7 @@ class ProxyState:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        self.exclusions.reload()  # a worker (re)started by gunicorn honours existing exclusions at once
         try:
             async with asyncio.timeout(STARTUP_DISCOVERY_TIMEOUT):
                 await self.discovery.refresh()
@@ -180,6 +181,7 @@ class ProxyState:
     def refresh_gauges(self) -> None:
         counts = collections.Counter(b.health for b in self.pool.backends())
         self.metrics.set_backend_counts(dict(counts))
+        self.metrics.routable.set(self.pool.routable_count)
 
     @contextlib.asynccontextmanager
     async def running(self) -> collections.abc.AsyncIterator[None]:

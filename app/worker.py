@@ -7,6 +7,7 @@ drain; this one reuses the single-process server's configuration instead.
 
 from __future__ import annotations
 
+import math
 import sys
 from typing import Any, ClassVar
 
@@ -32,7 +33,7 @@ class ProxyWorker(UvicornWorker):
         self.config.app = self.wsgi
         state = self.wsgi.state.proxy
         grace = state.settings.shutdown_grace_secs
-        self.config.timeout_graceful_shutdown = int(grace) or None
+        self.config.timeout_graceful_shutdown = math.ceil(grace)
         server = ProxyServer(self.config, on_stop=state.begin_shutdown, grace_secs=grace)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)

@@ -83,3 +83,29 @@ def test_two_workers_aggregate_metrics(
         assert proxy.wait_exit(timeout=20) == 0
     finally:
         proxy.stop()
+
+
+def test_gunicorn_configuration_error_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
+    import subprocess
+
+    from sim.processes import minimal_env
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(REPO / "gunicorn.conf.py"),
+            "app.main:create_app_from_env()",
+        ],
+        env=minimal_env({"HYPERBYTEDB_PROXY_MAX_RETRIES": "lots"}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if "configuration error" in line]
+    assert len(lines) == 2 and "Traceback" not in result.stderr

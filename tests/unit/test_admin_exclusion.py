@@ -96,3 +96,10 @@ def test_shared_store_propagates_between_workers(tmp_path: Path) -> None:
     worker_b.add("127.0.0.3")
     worker_a.discard(["127.0.0.2"])  # read-modify-write keeps b's change
     assert worker_b.reload() and worker_b.addresses == {"127.0.0.3"}
+
+
+async def test_empty_bearer_never_matches_a_blank_configuration() -> None:
+    h = Harness(admin_token="")
+    async with h.running():
+        r = await h.client.get("/admin/pool", headers={"Authorization": "Bearer "})
+    assert r.status_code == 403

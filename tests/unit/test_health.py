@@ -90,3 +90,16 @@ async def test_probe_loop_runs_every_interval() -> None:
         await asyncio.sleep(0.3)
     per_backend = len(h.probes.calls) / 2
     assert 4 <= per_backend <= 10
+
+
+async def test_passive_ejection_needs_rise_good_probes_to_return() -> None:
+    h = Harness(ips=["127.0.0.2"], health_rise=2)
+    async with h.running():
+        backend = h.backend("127.0.0.2")
+        await h.state.health.probe(backend)
+        assert backend.health is Health.ACTIVE and backend.consecutive_successes >= 2
+        h.state.pool.eject(backend, "connect refused")
+        await h.state.health.probe(backend)
+        assert backend.health is Health.DOWN  # one good probe is not enough after an ejection
+        await h.state.health.probe(backend)
+        assert backend.health is Health.ACTIVE

@@ -130,3 +130,26 @@ def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     missing = [env_name(field) for field in Settings.model_fields if f"`{env_name(field)}`" not in readme]
     assert not missing
+
+
+def test_an_explicit_mapping_is_the_only_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYPERBYTEDB_PROXY_MAX_RETRIES", "7")
+    monkeypatch.setenv("HYPERBYTEDB_PROXY_ADMIN_TOKEN", "from-the-environment")
+    s = load_settings(REQUIRED)
+    assert s.max_retries == 2 and s.admin_token is None
+
+
+def test_blank_admin_token_disables_the_admin_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYPERBYTEDB_PROXY_BACKEND_SERVICE", "db")
+    monkeypatch.setenv("HYPERBYTEDB_PROXY_ADMIN_TOKEN", "")
+    monkeypatch.setenv("HYPERBYTEDB_PROXY_HOLD_TIMEOUT_SECS", "")
+    s = load_settings()
+    assert s.admin_token is None and s.hold_timeout_secs == 10
+    assert load_settings(REQUIRED | {"HYPERBYTEDB_PROXY_ADMIN_TOKEN": "   "}).admin_token is None
+
+
+def test_prefixed_log_variables_are_known() -> None:
+    env = REQUIRED | {"HYPERBYTEDB_PROXY_LOG_FORMAT": "json", "HYPERBYTEDB_PROXY_LOG_LEVEL": "debug"}
+    assert unknown_variables(env) == []
+    s = load_settings(env)
+    assert (s.log_format, s.log_level) == ("json", "debug")
