@@ -66,6 +66,10 @@ class _Failure:
     reason: str  # a key of metrics.RETRY_REASONS
     detail: str
     reached_backend: bool
+    verdict: str = "retry"  # what the retry policy decided: retry, exhausted or denied
+
+
+RetryPolicy = Callable[[_Failure], str]
 
 
 class ProxyEndpoint:
@@ -214,6 +218,20 @@ class ProxyEndpoint:
         retries_left = self._settings.max_retries
         hold_deadline: float | None = None
         loop = asyncio.get_running_loop()
+
+        def decide(failure: _Failure) -> str:
+            """Retry, or stop: exhausted (MAX_RETRIES spent) or denied (retry budget spent)."""
+            nonlocal retries_left
+            if not failure.reached_backend:
+                return "retry"  # the request never reached a backend: costs no retry
+            if retries_left <= 0:
+                return "exhausted"
+            if not self._budget.try_spend():
+                self._metrics.retries_denied.inc()
+                return "denied"
+            retries_left -= 1
+            return "retry"
+
         while True:
             backend = self._pool.pick(tried) or self._pool.pick((last_failed,) if last_failed else ())
             only_last_failed = (
@@ -233,24 +251,17 @@ class ProxyEndpoint:
                 continue
             tried.append(backend)
             exchange.attempts += 1
-            failure = await self._attempt(scope, backend, body, exchange)
+            failure = await self._attempt(scope, backend, body, exchange, decide)
             if failure is None:
-                return  # relayed
+                return  # answered
             last_failed = backend
             exchange.waited_for_other = False
             if not failure.reached_backend:
                 # Passive ejection: the probe loop brings it back when it answers again.
                 self._pool.eject(backend, f"forward failed: {failure.detail}")
-                self._metrics.retry_reason["connect"].inc()
-                continue
-            if retries_left <= 0:
-                await self._exhausted(exchange, failure)
+            if failure.verdict != "retry":
+                await self._stop_retrying(exchange, failure)
                 return
-            if not self._budget.try_spend():
-                self._metrics.retries_denied.inc()
-                await self._exhausted(exchange, failure, budget=True)
-                return
-            retries_left -= 1
             self._metrics.retry_reason[failure.reason].inc()
 
     async def _hold(
@@ -280,10 +291,15 @@ class ProxyEndpoint:
         return woke or only_last_failed or self._pool.routable_count > 0
 
     async def _attempt(
-        self, scope: Scope, backend: Backend, body: bytes, exchange: _Exchange
+        self, scope: Scope, backend: Backend, body: bytes, exchange: _Exchange, decide: RetryPolicy
     ) -> _Failure | None:
-        """Forward once; relay and return None, or return why it failed."""
-        request = self._build_request(scope, backend, body)
+        """Forward once; answer the client and return None, or return why it failed.
+
+        A failed answer the retry policy will not retry (budget spent) is
+        relayed as the backend sent it, so the decision is taken here,
+        before that answer is closed.
+        """
+        request = self._build_request(scope, backend, body, exchange.had_length)
         backend.inflight += 1
         backend.requests += 1
         exchange.backend = backend
@@ -293,38 +309,45 @@ class ProxyEndpoint:
                 response = await self._client.send(request, stream=True)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 backend.errors += 1
-                return _Failure("connect", str(exc) or type(exc).__name__, reached_backend=False)
+                return _decided(decide, _Failure("connect", str(exc) or type(exc).__name__, False))
             except httpx.ReadTimeout as exc:
                 backend.errors += 1
                 if self._settings.retry_on_timeout:
-                    return _Failure("timeout", str(exc), reached_backend=True)
+                    failure = _decided(decide, _Failure("timeout", str(exc), True))
+                    if failure.verdict == "retry":
+                        return failure
                 exchange.outcome = "timeout"
                 await exchange.error(504, f"backend {backend.host_header} did not answer in time")
                 return None
             except httpx.TransportError as exc:
                 backend.errors += 1
-                return _Failure("transport", str(exc) or type(exc).__name__, reached_backend=True)
+                return _decided(decide, _Failure("transport", str(exc) or type(exc).__name__, True))
             self._metrics.upstream_duration.observe(time.perf_counter() - started)
             try:
                 prefix = b""
                 status = response.status_code
                 chunks = aiter(response.stream)
+                failure = None
                 if status in (502, 504):
-                    backend.errors += 1
-                    return _Failure(f"status_{status}", f"backend answered {status}", reached_backend=True)
-                if status == 503:
+                    failure = _Failure(f"status_{status}", f"backend answered {status}", True)
+                elif status == 503:
                     prefix, retryable = await _classify_503(response, chunks)
                     if retryable:
-                        backend.errors += 1
-                        return _Failure("drain_503", "backend is draining or syncing", reached_backend=True)
+                        failure = _Failure("drain_503", "backend is draining or syncing", True)
+                if failure is not None:
+                    backend.errors += 1
+                    if _decided(decide, failure).verdict != "denied":
+                        return failure
                 await self._relay(response, chunks, prefix, exchange)
+                if failure is not None:
+                    exchange.outcome = "exhausted"  # the backend's failure, relayed: no retry was allowed
                 return None
             finally:
                 await response.aclose()
         finally:
             backend.inflight -= 1
 
-    def _build_request(self, scope: Scope, backend: Backend, body: bytes) -> httpx.Request:
+    def _build_request(self, scope: Scope, backend: Backend, body: bytes, had_length: bool) -> httpx.Request:
         target = scope.get("raw_path") or scope["path"].encode("utf-8")
         query = scope.get("query_string", b"")
         if query:
@@ -334,7 +357,7 @@ class ProxyEndpoint:
             scope["headers"],
             host=backend.host_header.encode("ascii"),
             body_length=len(body),
-            had_length=_declared_length(scope["headers"]) is not None,
+            had_length=had_length,
             client_ip=client[0] if client else None,
             scheme=scope.get("scheme", "http"),
         )
@@ -379,10 +402,15 @@ class ProxyEndpoint:
         exchange.completing = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _exhausted(self, exchange: _Exchange, failure: _Failure, *, budget: bool = False) -> None:
+    async def _stop_retrying(self, exchange: _Exchange, failure: _Failure) -> None:
+        """Retries are over and no backend answer was relayed: say why."""
         exchange.outcome = "exhausted"
-        why = "retry budget spent" if budget else f"{exchange.attempts} attempts"
-        await exchange.error(503, f"no backend could serve the request ({why}); last error: {failure.detail}")
+        if failure.verdict == "denied":
+            # Nothing to relay (the backend gave no answer): report it as a gateway error.
+            await exchange.error(502, f"backend failed and the retry budget is spent: {failure.detail}")
+            return
+        message = f"no backend could serve the request ({exchange.attempts} attempts)"
+        await exchange.error(503, f"{message}; last error: {failure.detail}")
 
     async def _give_up(self, exchange: _Exchange, failure: _Failure | None) -> None:
         self._metrics.no_backend.inc()
@@ -479,6 +507,11 @@ class _Exchange:
         self.started_response = True
         self.completing = True
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _decided(decide: RetryPolicy, failure: _Failure) -> _Failure:
+    failure.verdict = decide(failure)
+    return failure
 
 
 def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:

@@ -176,7 +176,7 @@ DOCS: dict[str, Doc] = {
         helm=("retry.budget.percent",),
         note="A window allows the larger of `HYPERBYTEDB_PROXY_RETRY_BUDGET_MIN_RETRIES` and this "
         "percentage of the requests received in it; a request denied a retry gets "
-        "`503` (`retry budget spent`). Counted per worker process.",
+        "the backend's failed answer relayed (`502` after a transport error). Counted per worker process.",
     ),
     "retry_budget_min_retries": Doc(helm=("retry.budget.minRetries",)),
     "retry_budget_window_secs": Doc(helm=("retry.budget.windowSecs",)),

@@ -177,12 +177,25 @@ async def test_single_backend_that_failed_is_retried_after_a_probe_interval() ->
     assert r.status_code == 204 and len(h.backends.calls) == 2
 
 
-async def test_retry_budget_denies_retries_beyond_its_share() -> None:
+async def test_retry_budget_denial_relays_the_last_failure() -> None:
     h = Harness(retry_budget_percent=0, retry_budget_min_retries=1)
-    _all_backends(h, return_value=httpx.Response(502))
+    _all_backends(h, return_value=httpx.Response(502, json={"error": "upstream of the node failed"}))
     async with h.running():
         first = await h.client.get("/query?q=x")
         second = await h.client.get("/query?q=x")
-    assert first.status_code == second.status_code == 503
-    assert len(h.backends.calls) == 2 + 1  # first: one retry allowed; second: none
+    # The budget allows one retry in all: the first request uses it, then each
+    # request gets the backend's own failure, not a proxy-made error.
+    assert first.status_code == second.status_code == 502
+    assert second.json() == {"error": "upstream of the node failed"}
+    assert len(h.backends.calls) == 2 + 1
     assert h.metric("hyperbytedb_proxy_retries_denied_total") == 2
+    assert h.metric("hyperbytedb_proxy_requests_total", {"outcome": "exhausted"}) == 2
+
+
+async def test_retry_budget_denial_after_a_transport_error_is_502_json() -> None:
+    h = Harness(retry_budget_percent=0, retry_budget_min_retries=0)
+    _all_backends(h, side_effect=httpx.ReadError("connection reset"))
+    async with h.running():
+        r = await h.client.get("/query?q=x")
+    assert r.status_code == 502 and "retry budget" in r.json()["error"]
+    assert len(h.backends.calls) == 1
