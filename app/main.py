@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 from starlette.applications import Starlette
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.admin import admin_routes
 from app.discovery import Resolver, SystemResolver
@@ -39,10 +40,39 @@ def create_app(
         async with state.running():
             yield
 
-    routes = [*admin_routes(state), Route("/{path:path}", state.proxy)]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    admin = admin_routes(state)
+    routes = [*admin, Route("/{path:path}", state.proxy)]
+    app = ProxyApp(routes=routes, lifespan=lifespan)
     app.state.proxy = state
+    app.fast_path(state.proxy, admin_prefixes=tuple(route.path.split("{")[0] for route in admin))
     return app
+
+
+class ProxyApp(Starlette):
+    """Starlette, with proxied requests sent straight to the catch-all endpoint.
+
+    Routing and the middleware stack are about a tenth of a proxied request's
+    cost, and for any path outside the admin prefixes the router would pick
+    the catch-all anyway.  Admin paths, lifespan and anything else still go
+    through Starlette.
+    """
+
+    _proxy: ASGIApp | None = None
+    _admin_prefixes: tuple[str, ...] = ()
+
+    def fast_path(self, proxy: ASGIApp, *, admin_prefixes: tuple[str, ...]) -> None:
+        self._proxy = proxy
+        self._admin_prefixes = admin_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            self._proxy is not None
+            and scope["type"] == "http"
+            and not scope["path"].startswith(self._admin_prefixes)
+        ):
+            await self._proxy(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app_from_env() -> Starlette:

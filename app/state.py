@@ -6,10 +6,12 @@ import asyncio
 import collections
 import contextlib
 import logging
+from collections.abc import Awaitable
 
 import httpx
 
 from app.backend import Backend, Health, Transition
+from app.client import ForwardingClient
 from app.discovery import Discovery, Resolver
 from app.exclusions import ExclusionStore, shared_exclusions_path
 from app.health import HealthChecker
@@ -41,9 +43,8 @@ class ProxyState:
         self.pool = BackendPool(settings.backend_port)
         self.pool.add_listener(self._on_transition)
         self.upstream = forward_transport or UpstreamTransport()
-        # Forwarding: requests are built by the proxy itself (no default
-        # headers, cookies or redirects); timeouts travel with each request.
-        self.forward_client = httpx.AsyncClient(transport=self.upstream, timeout=None, follow_redirects=False)
+        # Requests are built by the proxy itself; timeouts travel with each one.
+        self.forward_client = ForwardingClient(self.upstream)
         self.probe_client = httpx.AsyncClient(
             transport=probe_transport,
             timeout=settings.health_timeout_ms / 1000,
@@ -107,11 +108,11 @@ class ProxyState:
             self.shutting_down = True
             log.info("shutdown started; draining in-flight requests")
 
-    async def _supervise(self, name: str, loop_fn: collections.abc.Callable[[], object]) -> None:
+    async def _supervise(self, name: str, loop_fn: collections.abc.Callable[[], Awaitable[None]]) -> None:
         """Keep a background loop alive: an unexpected error is logged and the loop restarted."""
         while True:
             try:
-                await loop_fn()  # type: ignore[misc]
+                await loop_fn()
                 return
             except asyncio.CancelledError:
                 raise
