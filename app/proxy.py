@@ -315,30 +315,29 @@ class ProxyEndpoint:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 backend.errors += 1
                 return _decided(decide, _Failure("connect", str(exc) or type(exc).__name__, False))
-            except httpx.ReadTimeout as exc:
-                backend.errors += 1
-                if self._settings.retry_on_timeout:
-                    failure = _decided(decide, _Failure("timeout", str(exc), True))
-                    if failure.verdict == "retry":
-                        return failure
-                exchange.outcome = "timeout"
-                await exchange.error(504, f"backend {backend.host_header} did not answer in time")
-                return None
             except httpx.TransportError as exc:
-                backend.errors += 1
-                return _decided(decide, _Failure("transport", str(exc) or type(exc).__name__, True))
+                return await self._failed_in_flight(backend, exc, exchange, decide)
             self._metrics.upstream_duration.observe(time.perf_counter() - started)
             try:
-                prefix = b""
                 status = response.status_code
                 chunks = aiter(response.stream)
                 failure = None
-                if status in (502, 504):
-                    failure = _Failure(f"status_{status}", f"backend answered {status}", True)
-                elif status == 503:
-                    prefix, retryable = await _classify_503(response, chunks)
-                    if retryable:
-                        failure = _Failure("drain_503", "backend is draining or syncing", True)
+                try:
+                    if status in (502, 504):
+                        failure = _Failure(f"status_{status}", f"backend answered {status}", True)
+                        prefix = b""
+                    elif status == 503:
+                        prefix, retryable = await _classify_503(response, chunks)
+                        if retryable:
+                            failure = _Failure("drain_503", "backend is draining or syncing", True)
+                    else:
+                        # The status line is not the client's until a first body byte (or
+                        # the end of the body) has arrived: a backend that dies in between
+                        # -- InfluxDB sends query headers before running the query -- is
+                        # then an ordinary failure, retried elsewhere.
+                        prefix = await anext(chunks, b"")
+                except httpx.TransportError as exc:
+                    return await self._failed_in_flight(backend, exc, exchange, decide)
                 if failure is not None:
                     backend.errors += 1
                     if _decided(decide, failure).verdict != "denied":
@@ -351,6 +350,22 @@ class ProxyEndpoint:
                 await response.aclose()
         finally:
             backend.inflight -= 1
+
+    async def _failed_in_flight(
+        self, backend: Backend, exc: httpx.TransportError, exchange: _Exchange, decide: RetryPolicy
+    ) -> _Failure | None:
+        """The request reached the backend, which failed before anything was relayed."""
+        backend.errors += 1
+        detail = str(exc) or type(exc).__name__
+        if not isinstance(exc, httpx.ReadTimeout):
+            return _decided(decide, _Failure("transport", detail, True))
+        if self._settings.retry_on_timeout:
+            failure = _decided(decide, _Failure("timeout", detail, True))
+            if failure.verdict == "retry":
+                return failure
+        exchange.outcome = "timeout"
+        await exchange.error(504, f"backend {backend.host_header} did not answer in time")
+        return None
 
     def _build_request(self, scope: Scope, backend: Backend, body: bytes, had_length: bool) -> httpx.Request:
         target = scope.get("raw_path") or scope["path"].encode("utf-8")

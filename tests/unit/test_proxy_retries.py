@@ -199,3 +199,57 @@ async def test_retry_budget_denial_after_a_transport_error_is_502_json() -> None
         r = await h.client.get("/query?q=x")
     assert r.status_code == 502 and "retry budget" in r.json()["error"]
     assert len(h.backends.calls) == 1
+
+
+class _FailingBody(httpx.AsyncByteStream):
+    """A body that yields ``parts`` and then fails with ``error``."""
+
+    def __init__(self, error: Exception, *parts: bytes) -> None:
+        self._error = error
+        self._parts = parts
+
+    async def __aiter__(self):  # type: ignore[override]
+        for part in self._parts:
+            yield part
+        raise self._error
+
+
+async def test_backend_dying_after_headers_before_any_body_byte_is_retried() -> None:
+    h = Harness(ips=["127.0.0.2", "127.0.0.3"])
+    h.backends.route(host="127.0.0.2").mock(
+        return_value=httpx.Response(200, stream=_FailingBody(httpx.RemoteProtocolError("peer closed")))
+    )
+    h.backends.route().mock(return_value=httpx.Response(200, json={"results": []}))
+    async with h.running():
+        r = await h.client.get("/query?q=SELECT+1")
+    assert r.status_code == 200 and r.json() == {"results": []}
+    assert h.tried_hosts() == ["127.0.0.2", "127.0.0.3"]
+    assert h.metric("hyperbytedb_proxy_retries_total", {"reason": "transport"}) == 1
+
+
+@pytest.mark.parametrize(("retry_on_timeout", "status", "forwards"), [("false", 504, 1), ("true", 200, 2)])
+async def test_no_first_body_byte_in_time_is_a_timeout(
+    retry_on_timeout: str, status: int, forwards: int
+) -> None:
+    h = Harness(ips=["127.0.0.2", "127.0.0.3"], retry_on_timeout=retry_on_timeout)
+    h.backends.route(host="127.0.0.2").mock(
+        return_value=httpx.Response(200, stream=_FailingBody(httpx.ReadTimeout("no body")))
+    )
+    h.backends.route().mock(return_value=httpx.Response(200, json={"results": []}))
+    async with h.running():
+        r = await h.client.get("/query?q=SELECT+1")
+    assert r.status_code == status and len(h.backends.calls) == forwards
+
+
+async def test_failure_after_the_first_body_byte_cuts_the_client_connection() -> None:
+    from app.proxy import UpstreamAborted
+
+    h = Harness(ips=["127.0.0.2"])
+    h.backends.route().mock(
+        return_value=httpx.Response(200, stream=_FailingBody(httpx.ReadError("reset"), b'{"results":'))
+    )
+    async with h.running():
+        with pytest.raises(UpstreamAborted):  # a truncated body, never a silently short "complete" one
+            await h.client.get("/query?q=SELECT+1")
+    assert len(h.backends.calls) == 1
+    assert h.metric("hyperbytedb_proxy_requests_total", {"outcome": "fatal"}) == 1
