@@ -6,7 +6,7 @@ import os
 import sys
 
 from app.main import create_app
-from app.settings import SettingsError, load_settings, warn_unknown_variables
+from app.settings import SettingsError, check_multiprocess_dir, load_settings, warn_unknown_variables
 
 EXIT_CONFIG = 2
 
@@ -14,6 +14,7 @@ EXIT_CONFIG = 2
 def main() -> int:
     try:
         settings = load_settings()
+        check_multiprocess_dir(os.environ)
     except SettingsError as exc:
         for problem in exc.problems:
             print(f"hyperbytedb-proxy: configuration error: {problem}", file=sys.stderr)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import logging
 import math
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -53,6 +55,14 @@ class ProxyServer(uvicorn.Server):
         self._on_stop = on_stop
         self._grace = grace_secs
         self._watchdog: threading.Timer | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        # Everything alive now (modules, the app, settings) lives as long as
+        # the process: moved out of the collector's reach, full collections
+        # stop scanning it, which removed most of the p99 latency tail.
+        gc.collect()
+        gc.freeze()
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:

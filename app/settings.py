@@ -304,3 +304,12 @@ def warn_unknown_variables(environ: Mapping[str, str]) -> None:
     log = logging.getLogger("hyperbytedb_proxy")
     for name in unknown_variables(environ):
         log.warning("ignoring unknown setting", extra={"fields": {"variable": name}})
+
+
+def check_multiprocess_dir(environ: Mapping[str, str]) -> None:
+    """prometheus-client writes every metric value under this directory: it must exist."""
+    directory = environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if directory and not os.path.isdir(directory):
+        raise SettingsError(
+            [f"PROMETHEUS_MULTIPROC_DIR={directory!r} is invalid: expected an existing directory"]
+        )

@@ -157,13 +157,16 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     async def _wait(self, timeout: float, what: str) -> None:
-        self._waiter = self._loop.create_future()
+        # A bare timer handle: this runs for every response and every body
+        # chunk, where asyncio.timeout's context manager costs several µs.
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(timeout, _expire, waiter)
         try:
-            async with asyncio.timeout(timeout):
-                await self._waiter
+            await waiter
         except TimeoutError:
             raise httpx.ReadTimeout(f"backend sent no {what} within {timeout:g}s") from None
         finally:
+            timer.cancel()
             self._waiter = None
 
     def start(self, data: bytes, *, head_only: bool) -> None:
@@ -215,6 +218,11 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class _ResponseStream(httpx.AsyncByteStream):

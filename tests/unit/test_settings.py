@@ -153,3 +153,12 @@ def test_prefixed_log_variables_are_known() -> None:
     assert unknown_variables(env) == []
     s = load_settings(env)
     assert (s.log_format, s.log_level) == ("json", "debug")
+
+
+def test_missing_multiprocess_directory_is_a_configuration_error(tmp_path: object) -> None:
+    result = _run_main(REQUIRED | {"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/prometheus"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "hyperbytedb-proxy: configuration error: PROMETHEUS_MULTIPROC_DIR='/nonexistent/prometheus' "
+        "is invalid: expected an existing directory"
+    ]
