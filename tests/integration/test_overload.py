@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import threading
 import time
 
 import httpx
@@ -12,20 +11,13 @@ import pytest
 
 from sim.processes import NodeProcess
 from tests.integration.conftest import NODE_IPS, ProxyFactory
+from tests.integration.memory import peak_rss
 
 pytestmark = pytest.mark.integration
 
 WRITERS = 2000
 BODY = b"cpu,host=agent value=1 1700000000000000000\n" * 400  # about 17 KiB, a typical Telegraf batch
 RSS_GROWTH_BOUND_MIB = 160
-
-
-def _rss_mib(pid: int | None) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 async def _write(host: str, port: int, started: list[float]) -> tuple[int, float]:
@@ -58,29 +50,16 @@ def test_outage_with_2000_writers_is_bounded_and_recovers(
     deadline = time.monotonic() + 5
     while httpx.get(f"{proxy.url}/readyz").status_code != 503 and time.monotonic() < deadline:
         time.sleep(0.05)
-    idle = _rss_mib(proxy.pid)
-    peak = [idle]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.02):
-            peak[0] = max(peak[0], _rss_mib(proxy.pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with peak_rss(proxy.pid) as memory:
         results = asyncio.run(_storm(proxy.host, proxy.port))
-    finally:
-        stop.set()
-        sampler.join(timeout=2)
 
     statuses = collections.Counter(status for status, _ in results)
     fast_refusals = [took for status, took in results if took < 1.0]
-    growth = peak[0] - idle
+    growth = memory.growth
     print(  # the figures for the record (pytest -s shows them)
         f"\noverload: {WRITERS} writers, statuses {dict(statuses)}, "
-        f"{len(fast_refusals)} answered in < 1 s, idle RSS {idle:.1f} MiB, peak {peak[0]:.1f} MiB "
-        f"(+{growth:.1f} MiB)"
+        f"{len(fast_refusals)} answered in < 1 s, idle RSS {memory.before:.1f} MiB, "
+        f"peak {memory.peak:.1f} MiB (+{growth:.1f} MiB)"
     )
     assert statuses == {503: WRITERS}  # nothing was routable: every writer got a clear 503
     assert len(fast_refusals) >= WRITERS - 1024  # beyond MAX_PENDING: refused at once, not held

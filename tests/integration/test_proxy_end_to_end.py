@@ -16,6 +16,7 @@ import pytest
 from sim.dns import DNSServer
 from sim.processes import NodeProcess
 from tests.integration.conftest import NODE_IPS, SERVICE, ProxyFactory, backends_view
+from tests.integration.memory import peak_rss
 
 pytestmark = pytest.mark.integration
 
@@ -182,36 +183,14 @@ def test_large_stream_passes_with_flat_memory(
     proxy = start_proxy()
     proxy.wait_ready()
     size = 1024 * 1024 * 1024
-    rss_before = _rss_kib(proxy.pid)
-    peak = [rss_before]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.02):
-            peak[0] = max(peak[0], _rss_kib(proxy.pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     received = 0
-    try:
-        with httpx.stream("GET", f"{proxy.url}/_sim/stream", params={"bytes": size}, timeout=60) as r:
-            assert r.status_code == 200 and "content-length" not in r.headers
-            for chunk in r.iter_raw(1024 * 1024):
-                received += len(chunk)
-    finally:
-        stop.set()
-        sampler.join(timeout=2)
+    params = {"bytes": size}
+    with peak_rss(proxy.pid) as memory, httpx.stream("GET", f"{proxy.url}/_sim/stream", params=params) as r:
+        assert r.status_code == 200 and "content-length" not in r.headers
+        for chunk in r.iter_raw(1024 * 1024):
+            received += len(chunk)
     assert received == size
-    growth_mib = (peak[0] - rss_before) / 1024
-    assert growth_mib < 48, f"proxy RSS grew {growth_mib:.1f} MiB while streaming 1 GiB"
-
-
-def _rss_kib(pid: int | None) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
+    assert memory.growth < 48, f"proxy RSS grew {memory.growth:.1f} MiB while streaming 1 GiB"
 
 
 def test_client_leaving_mid_stream_frees_everything(
