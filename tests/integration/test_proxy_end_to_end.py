@@ -260,3 +260,24 @@ def test_json_logs_redact_credentials(nodes: dict[str, NodeProcess], start_proxy
     assert any(line["logger"].startswith("uvicorn") for line in lines)  # uvicorn's lines are JSON too
     text = proxy.log_text()
     assert "hunter2" not in text and "Ym9iOmh1bnRlcjI=" not in text
+
+
+def test_client_leaving_while_held_frees_its_place(
+    nodes: dict[str, NodeProcess], start_proxy: ProxyFactory
+) -> None:
+    proxy = start_proxy(hold_timeout_secs="20")
+    proxy.wait_ready()
+    for node in nodes.values():
+        node.set_state("syncing")
+    wait_until(lambda: httpx.get(f"{proxy.url}/readyz").status_code == 503, 3, "not ready")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{proxy.url}/write?db=d", content=b"m v=1 1", timeout=0.5)  # the client gives up
+    wait_until(
+        lambda: httpx.get(f"{proxy.url}/admin/backends").json()["held_requests"] == 0,
+        3,
+        "the hold to be released",
+    )
+    metrics = httpx.get(f"{proxy.url}/metrics").text
+    assert 'hyperbytedb_proxy_requests_total{outcome="client_closed"} 1.0' in metrics
+    assert "hyperbytedb_proxy_held_requests 0.0" in metrics
+    assert "hyperbytedb_proxy_buffered_request_bytes 0.0" in metrics
