@@ -31,14 +31,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.settings import SettingsError, load_settings
+from app.settings import load_settings_or_exit
 
-try:
-    _settings = load_settings()
-except SettingsError as exc:  # one line per bad variable, no traceback, status 2 as `hyperbytedb-proxy`
-    for _problem in exc.problems:
-        print(f"hyperbytedb-proxy: configuration error: {_problem}", file=sys.stderr)
-    raise SystemExit(2) from None
+# One line per bad variable, no traceback, status 2: as `hyperbytedb-proxy` does.
+_settings = load_settings_or_exit(metrics_dir_must_exist=False)  # on_starting creates it
 
 # --- server socket -----------------------------------------------------------
 

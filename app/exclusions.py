@@ -43,10 +43,14 @@ class ExclusionStore:
     def add(self, address: str) -> None:
         self._update(lambda ips: ips | {address})
 
+    @property
+    def shared(self) -> bool:
+        """Kept in a file for several worker processes."""
+        return self._path is not None
+
     def discard(self, addresses: Iterable[str]) -> None:
         gone = frozenset(addresses)
-        if gone & self._ips or self._path is not None:
-            self._update(lambda ips: ips - gone)
+        self._update(lambda ips: ips - gone)
 
     def reload(self) -> bool:
         """Pick up other workers' changes; True when the set changed."""
@@ -68,7 +72,10 @@ class ExclusionStore:
             self._ips = change(self._ips)
             return
         with self._locked():
-            self._ips = change(self._read())
+            current = self._read()
+            self._ips = change(current)
+            if self._ips == current:
+                return  # nothing to tell the other workers
             tmp = self._path.with_suffix(".tmp")
             tmp.write_text(json.dumps(sorted(self._ips)))
             os.replace(tmp, self._path)

@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.admin import admin_routes
 from app.discovery import Resolver, SystemResolver
 from app.metrics import Metrics
-from app.settings import Settings, load_settings, warn_unknown_variables
+from app.settings import Settings, load_settings_or_exit, warn_unknown_variables
 from app.state import ProxyState
 
 
@@ -75,16 +75,20 @@ class ProxyApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def create_app_from_env() -> Starlette:
-    """Factory for servers that import the app by name (gunicorn, ``uvicorn --factory``).
-
-    Such a server owns the process, so this also sets up logging; a bad
-    environment raises :class:`~app.settings.SettingsError` naming each problem.
-    """
+def configure_process() -> Settings:
+    """Settings and logging for a process that serves the proxy; exits 2 on a bad environment."""
     from app.logs import setup_logging
     from app.proxy import UpstreamAborted
 
-    settings = load_settings()
+    settings = load_settings_or_exit()
     setup_logging(settings.log_format, settings.log_level, quiet_exceptions=(UpstreamAborted,))
     warn_unknown_variables(os.environ)
-    return create_app(settings)
+    return settings
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for servers that import the app by name (gunicorn, ``uvicorn --factory``).
+
+    Such a server owns the process, so this also configures it (logging included).
+    """
+    return create_app(configure_process())

@@ -313,3 +313,27 @@ def check_multiprocess_dir(environ: Mapping[str, str]) -> None:
         raise SettingsError(
             [f"PROMETHEUS_MULTIPROC_DIR={directory!r} is invalid: expected an existing directory"]
         )
+
+
+EXIT_CONFIG = 2
+
+
+def load_settings_or_exit(
+    environ: Mapping[str, str] | None = None, *, metrics_dir_must_exist: bool = True
+) -> Settings:
+    """Settings for a process about to serve; on a bad environment, one line per problem and exit 2.
+
+    gunicorn's master creates the metrics directory itself, so it skips that check.
+    """
+    import sys
+
+    env = os.environ if environ is None else environ
+    try:
+        settings = load_settings(env)
+        if metrics_dir_must_exist:
+            check_multiprocess_dir(env)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(f"hyperbytedb-proxy: configuration error: {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    return settings

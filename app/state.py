@@ -80,8 +80,11 @@ class ProxyState:
         self._tasks = [
             asyncio.create_task(self._supervise("discovery", self.discovery.run)),
             asyncio.create_task(self._supervise("health checks", self.health.run)),
-            asyncio.create_task(self._supervise("exclusion sync", self._sync_exclusions_loop)),
         ]
+        if self.exclusions.shared:  # other workers may exclude backends: pick their changes up
+            self._tasks.append(
+                asyncio.create_task(self._supervise("exclusion sync", self._sync_exclusions_loop))
+            )
         log.info(
             "proxy started",
             extra={
@@ -146,10 +149,9 @@ class ProxyState:
         # An exclusion names a pod; once its IP leaves DNS it must not
         # silently apply to a future pod that reuses the address.
         self.exclusions.discard(b.address for b in backends)
-        forget = getattr(self.upstream, "forget", None)
-        for backend in backends:
-            if forget is not None:
-                forget(backend.address, backend.port)
+        if isinstance(self.upstream, UpstreamTransport):
+            for backend in backends:
+                self.upstream.forget(backend.address, backend.port)
 
     # -- operator exclusions ------------------------------------------------
 
