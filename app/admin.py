@@ -54,6 +54,18 @@ def _iso(ts: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).isoformat(timespec="milliseconds")
 
 
+def _ejection_view(backend: Backend) -> dict[str, Any] | None:
+    ejection = backend.ejection
+    if ejection is None:
+        return None
+    return {
+        "reason": ejection.reason,
+        "since": _iso(ejection.since),
+        "until": _iso(ejection.until),
+        "ejections": backend.ejections,
+    }
+
+
 def backend_view(backend: Backend) -> dict[str, Any]:
     latency = backend.last_probe_latency
     return {
@@ -61,10 +73,13 @@ def backend_view(backend: Backend) -> dict[str, Any]:
         "port": backend.port,
         "health": backend.health.value,
         "excluded": backend.excluded,
+        "routable": backend.routable,
         "inflight": backend.inflight,
         "requests": backend.requests,
         "errors": backend.errors,
         "consecutive_failures": backend.consecutive_failures,
+        "forward_failures": backend.forward_failures,
+        "ejection": _ejection_view(backend),
         "last_probe_at": _iso(backend.last_probe_at),
         "last_probe_latency_ms": None if latency is None else round(latency * 1000, 2),
         "last_error": backend.last_error,
@@ -120,6 +135,7 @@ def admin_routes(state: ProxyState) -> list[Route]:
                         "port": b.port,
                         "health": b.health.value,
                         "excluded": b.excluded,
+                        "ejected": b.ejection is not None,
                         "routable": b.routable,
                     }
                     for b in state.pool.backends()

@@ -26,6 +26,15 @@ class Transition:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Ejection:
+    """Why and until when outlier detection keeps a backend out of routing."""
+
+    reason: str  # e.g. "outlier: 5 consecutive 502"
+    since: float  # wall-clock seconds
+    until: float  # wall-clock seconds, for display; the end itself is a timer
+
+
 @dataclass(eq=False, slots=True)
 class Backend:
     """A backend pod.  Identity is the object: a re-added IP is a new backend.
@@ -46,6 +55,10 @@ class Backend:
     last_probe_at: float | None = None  # wall-clock seconds
     last_probe_latency: float | None = None  # seconds
     last_error: str | None = None
+    forward_failures: int = 0  # forwarded requests that failed in a row (outlier detection)
+    ejection: Ejection | None = None  # set while outlier detection keeps it out of routing
+    ejections: int = 0  # ejections in a row without a quiet spell between them
+    last_failure_kind: str | None = None  # what the latest counted forward failure was
     transitions: list[Transition] = field(default_factory=list)
     host_header: str = field(init=False)
     base_url: str = field(init=False)
@@ -59,7 +72,7 @@ class Backend:
 
     @property
     def routable(self) -> bool:
-        return self.health is Health.ACTIVE and not self.excluded
+        return self.health is Health.ACTIVE and not self.excluded and self.ejection is None
 
     def record_transition(self, new: Health, reason: str, at: float) -> Transition:
         transition = Transition(at, self.health, new, reason)

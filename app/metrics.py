@@ -27,6 +27,7 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 
 OUTCOMES = ("ok", "fatal", "exhausted", "no_backend", "timeout", "rejected", "overloaded", "client_closed")
+EJECTED = "ejected"  # the backends gauge's label for backends out by outlier detection
 RETRY_REASONS = ("connect", "transport", "status_502", "status_504", "drain_503", "timeout")
 
 
@@ -82,9 +83,15 @@ class Metrics:
             "Retries refused because the retry budget was spent.",
             registry=r,
         )
+        self.outlier_ejections = Counter(
+            "hyperbytedb_proxy_outlier_ejections_total",
+            "Backends taken out of routing by outlier detection, by the failure that ended the streak.",
+            ["reason"],
+            registry=r,
+        )
         self.backends = Gauge(
             "hyperbytedb_proxy_backends",
-            "Known backends by health.",
+            "Known backends by health; an ejected backend counts as ejected, whatever its probe says.",
             ["health"],
             registry=r,
             multiprocess_mode="livemostrecent",
@@ -132,10 +139,12 @@ class Metrics:
         )
         for health in Health:
             self.backends.labels(health.value).set(0)
+        self.backends.labels(EJECTED).set(0)
 
-    def set_backend_counts(self, counts: dict[Health, int]) -> None:
+    def set_backend_counts(self, counts: dict[Health, int], *, ejected: int = 0) -> None:
         for health in Health:
             self.backends.labels(health.value).set(counts.get(health, 0))
+        self.backends.labels(EJECTED).set(ejected)
 
     def expose(self) -> Exposition:
         directory = multiprocess_dir()

@@ -25,8 +25,21 @@ from app.backend import Backend
 from app.headers import request_headers, response_headers
 from app.logs import redact_query
 from app.metrics import OUTCOMES, Metrics
+from app.outlier import OutlierDetector
 from app.pool import BackendPool
 from app.retry_budget import RetryBudget
+from app.retry_policy import (
+    RETRYABLE,
+    Answer,
+    Decision,
+    FailureKind,
+    RequestRetries,
+    RetryPolicy,
+    Signal,
+    Verdict,
+    classify_status,
+    signal_of,
+)
 from app.settings import Settings
 
 Scope = dict[str, Any]
@@ -61,17 +74,18 @@ class _Overloaded(Exception):
     pass
 
 
+# Transport errors that mean "the backend answered, but not with valid HTTP"
+# (an oversized head, a bad status line): answered 502 and never retried.
+INVALID_RESPONSE_ERRORS: tuple[type[httpx.TransportError], ...] = ()
+
+
 @dataclass(slots=True)
 class _Failure:
-    """Why a forward did not produce a response to relay."""
+    """Why a forward did not produce a response to relay, and what the policy made of it."""
 
-    reason: str  # a key of metrics.RETRY_REASONS
+    kind: FailureKind
     detail: str
-    reached_backend: bool
-    verdict: str = "retry"  # what the retry policy decided: retry, exhausted or denied
-
-
-RetryPolicy = Callable[[_Failure], str]
+    decision: Decision
 
 
 class ProxyEndpoint:
@@ -84,12 +98,20 @@ class ProxyEndpoint:
         client: httpx.AsyncClient,
         metrics: Metrics,
         retry_budget: RetryBudget,
+        *,
+        outlier: OutlierDetector | None = None,
     ) -> None:
         self._settings = settings
         self._pool = pool
         self._client = client
         self._metrics = metrics
         self._budget = retry_budget
+        self._policy = RetryPolicy(
+            max_retries=settings.max_retries, retry_on_timeout=settings.retry_on_timeout, budget=retry_budget
+        )
+        self._outlier = outlier or OutlierDetector(
+            pool, consecutive_failures=0, ejection_secs=settings.outlier_ejection_secs, max_ejected_percent=0
+        )
         self._max_body = settings.max_body_bytes
         self._timeouts = {
             "connect": settings.connect_timeout_ms / 1000,
@@ -221,58 +243,43 @@ class ProxyEndpoint:
     # -- forwarding ------------------------------------------------------
 
     async def _forward(self, scope: Scope, body: bytes, exchange: _Exchange) -> None:
+        """Carry out the retry policy's decisions until the client has an answer."""
         self._budget.record_request()
-        tried: list[Backend] = []
-        last_failed: Backend | None = None
+        policy = self._policy
+        retries = policy.start()
         failure: _Failure | None = None
-        retries_left = self._settings.max_retries
         hold_deadline: float | None = None
         loop = asyncio.get_running_loop()
-
-        def decide(failure: _Failure) -> str:
-            """Retry, or stop: exhausted (MAX_RETRIES spent) or denied (retry budget spent)."""
-            nonlocal retries_left
-            if not failure.reached_backend:
-                return "retry"  # the request never reached a backend: costs no retry
-            if retries_left <= 0:
-                return "exhausted"
-            if not self._budget.try_spend():
-                self._metrics.retries_denied.inc()
-                return "denied"
-            retries_left -= 1
-            return "retry"
-
         while True:
-            backend = self._pool.pick(tried) or self._pool.pick((last_failed,) if last_failed else ())
-            only_last_failed = (
-                backend is None
-                and last_failed is not None
-                and last_failed.routable
-                and self._pool.contains(last_failed)
+            last = retries.last_failed
+            selection = policy.select(
+                retries,
+                self._pool.pick,
+                last_failed_routable=last is not None and last.routable and self._pool.contains(last),
             )
-            if only_last_failed and exchange.waited_for_other:
-                backend = last_failed
+            backend = selection.backend
             if backend is None:
                 if hold_deadline is None:
                     hold_deadline = loop.time() + self._settings.hold_timeout_secs
-                if not await self._hold(hold_deadline, loop, exchange, only_last_failed=only_last_failed):
+                held = await self._hold(
+                    hold_deadline, loop, exchange, only_last_failed=selection.only_last_failed
+                )
+                if selection.only_last_failed:
+                    retries.waited_for_other = True
+                if not held:
                     await self._give_up(exchange, failure)
                     return
                 continue
-            tried.append(backend)
+            policy.attempted(retries, backend)
             exchange.attempts += 1
-            failure = await self._attempt(scope, backend, body, exchange, decide)
+            failure = await self._attempt(scope, backend, body, exchange, retries)
             if failure is None:
                 return  # answered
-            last_failed = backend
-            exchange.waited_for_other = False
-            if not failure.reached_backend:
-                # Passive ejection: the probe loop brings it back when it answers again.
-                self._pool.eject(backend, f"forward failed: {failure.detail}")
-            if failure.verdict != "retry":
+            verdict = failure.decision.verdict
+            if verdict is not Verdict.RETRY:
                 await self._stop_retrying(exchange, failure)
                 return
-            self._metrics.retry_reason[failure.reason].inc()
+            self._metrics.retry_reason[failure.kind.value].inc()
 
     async def _hold(
         self, deadline: float, loop: asyncio.AbstractEventLoop, exchange: _Exchange, *, only_last_failed: bool
@@ -288,7 +295,6 @@ class ProxyEndpoint:
             # round to take it out (or another backend to turn Active)
             # before sending it the request again.
             remaining = min(remaining, self._settings.health_interval_secs)
-            exchange.waited_for_other = True
         self._pending += 1
         self._metrics.held.inc()
         started = loop.time()
@@ -301,13 +307,12 @@ class ProxyEndpoint:
         return woke or only_last_failed or self._pool.routable_count > 0
 
     async def _attempt(
-        self, scope: Scope, backend: Backend, body: bytes, exchange: _Exchange, decide: RetryPolicy
+        self, scope: Scope, backend: Backend, body: bytes, exchange: _Exchange, retries: RequestRetries
     ) -> _Failure | None:
-        """Forward once; answer the client and return None, or return why it failed.
+        """Forward once; answer the client and return None, or return the failure to act on.
 
-        A failed answer the retry policy will not retry (budget spent) is
-        relayed as the backend sent it, so the decision is taken here,
-        before that answer is closed.
+        A failed answer the policy will not retry is relayed as the backend
+        sent it, so the decision is taken here, before that answer is closed.
         """
         request = self._build_request(scope, backend, body, exchange.had_length)
         backend.inflight += 1
@@ -317,24 +322,20 @@ class ProxyEndpoint:
             started = time.perf_counter()
             try:
                 response = await self._client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                backend.errors += 1
-                return _decided(decide, _Failure("connect", str(exc) or type(exc).__name__, False))
             except httpx.TransportError as exc:
-                return await self._failed_in_flight(backend, exc, exchange, decide)
+                return self._failed(backend, retries, _transport_failure(exc), _describe(exc))
             self._metrics.upstream_duration.observe(time.perf_counter() - started)
             try:
                 status = response.status_code
                 chunks = aiter(response.stream)
-                failure = None
+                kind: FailureKind | None = None
                 try:
-                    if status in (502, 504):
-                        failure = _Failure(f"status_{status}", f"backend answered {status}", True)
-                        prefix = b""
-                    elif status == 503:
-                        prefix, retryable = await _classify_503(response, chunks)
-                        if retryable:
-                            failure = _Failure("drain_503", "backend is draining or syncing", True)
+                    if status == 503:
+                        prefix, drain = await _classify_503(response, chunks)
+                        kind = classify_status(status, drain=drain)
+                    elif status >= 500:
+                        kind = classify_status(status, drain=False)
+                        prefix = b"" if kind in RETRYABLE else await anext(chunks, b"")
                     else:
                         # The status line is not the client's until a first body byte (or
                         # the end of the body) has arrived: a backend that dies in between
@@ -342,13 +343,16 @@ class ProxyEndpoint:
                         # then an ordinary failure, retried elsewhere.
                         prefix = await anext(chunks, b"")
                 except httpx.TransportError as exc:
-                    return await self._failed_in_flight(backend, exc, exchange, decide)
-                if failure is not None:
-                    backend.errors += 1
-                    if _decided(decide, failure).verdict != "denied":
-                        return failure
+                    return self._failed(backend, retries, _transport_failure(exc), _describe(exc))
+                if kind is None:
+                    self._outlier.success(backend)
+                    await self._relay(response, chunks, prefix, exchange)
+                    return None
+                failure = self._failed(backend, retries, kind, f"backend answered {status}")
+                if failure.decision.answer is not Answer.RELAY:
+                    return failure
                 await self._relay(response, chunks, prefix, exchange)
-                if failure is not None:
+                if failure.decision.verdict is not Verdict.FINAL:
                     exchange.outcome = "exhausted"  # the backend's failure, relayed: no retry was allowed
                 return None
             finally:
@@ -356,21 +360,21 @@ class ProxyEndpoint:
         finally:
             backend.inflight -= 1
 
-    async def _failed_in_flight(
-        self, backend: Backend, exc: httpx.TransportError, exchange: _Exchange, decide: RetryPolicy
-    ) -> _Failure | None:
-        """The request reached the backend, which failed before anything was relayed."""
+    def _failed(self, backend: Backend, retries: RequestRetries, kind: FailureKind, detail: str) -> _Failure:
+        """Tell the pool and outlier detection what the failure says, and ask the policy what next."""
         backend.errors += 1
-        detail = str(exc) or type(exc).__name__
-        if not isinstance(exc, httpx.ReadTimeout):
-            return _decided(decide, _Failure("transport", detail, True))
-        if self._settings.retry_on_timeout:
-            failure = _decided(decide, _Failure("timeout", detail, True))
-            if failure.verdict == "retry":
-                return failure
-        exchange.outcome = "timeout"
-        await exchange.error(504, f"backend {backend.host_header} did not answer in time")
-        return None
+        signal = signal_of(kind)
+        if signal is Signal.FAILURE:
+            self._outlier.failure(backend, kind)
+        elif signal is Signal.DRAINING:
+            self._pool.mark_draining(backend, "answered a forwarded request with a drain 503")
+        elif signal is Signal.UNREACHABLE:
+            # Passive ejection: the probe loop brings it back when it answers again.
+            self._pool.eject(backend, f"forward failed: {detail}")
+        decision = self._policy.decide(retries, backend, kind)
+        if decision.verdict is Verdict.DENIED:
+            self._metrics.retries_denied.inc()
+        return _Failure(kind, detail, decision)
 
     def _build_request(self, scope: Scope, backend: Backend, body: bytes, had_length: bool) -> httpx.Request:
         target = scope.get("raw_path") or scope["path"].encode("utf-8")
@@ -427,8 +431,18 @@ class ProxyEndpoint:
 
     async def _stop_retrying(self, exchange: _Exchange, failure: _Failure) -> None:
         """Retries are over and no backend answer was relayed: say why."""
+        answer = failure.decision.answer
+        if answer is Answer.GATEWAY_TIMEOUT:
+            exchange.outcome = "timeout"
+            backend = exchange.backend_name
+            await exchange.error(504, f"backend {backend} did not answer in time")
+            return
+        if failure.kind is FailureKind.INVALID_RESPONSE:
+            exchange.outcome = "fatal"
+            await exchange.error(502, f"backend sent an invalid response: {failure.detail}")
+            return
         exchange.outcome = "exhausted"
-        if failure.verdict == "denied":
+        if answer is Answer.BAD_GATEWAY:
             # Nothing to relay (the backend gave no answer): report it as a gateway error.
             await exchange.error(502, f"backend failed and the retry budget is spent: {failure.detail}")
             return
@@ -490,7 +504,6 @@ class _Exchange:
         "started",
         "started_response",
         "status",
-        "waited_for_other",
         "watcher",
     )
 
@@ -507,7 +520,6 @@ class _Exchange:
         self.client_gone = False
         self.completing = False
         self.started_response = False
-        self.waited_for_other = False
         self.watcher: asyncio.Task[None] | None = None
 
     @property
@@ -534,9 +546,18 @@ class _Exchange:
         await self.send({"type": "http.response.body", "body": body, "more_body": False})
 
 
-def _decided(decide: RetryPolicy, failure: _Failure) -> _Failure:
-    failure.verdict = decide(failure)
-    return failure
+def _transport_failure(exc: httpx.TransportError) -> FailureKind:
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return FailureKind.CONNECT
+    if isinstance(exc, httpx.ReadTimeout):
+        return FailureKind.TIMEOUT
+    if isinstance(exc, INVALID_RESPONSE_ERRORS):
+        return FailureKind.INVALID_RESPONSE
+    return FailureKind.TRANSPORT
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
 
 
 def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:

@@ -2,8 +2,12 @@
 
 Per-request retry limits alone let a sick cluster receive three times its
 normal load exactly when it can least take it.  As in Envoy and Finagle, the
-proxy also caps retries at a share of the requests of a sliding window, with
-a small floor so a quiet proxy can still retry.
+proxy also caps retries at a share of the requests of a sliding window.  The
+floor is a rate, as Finagle's ``minRetriesPerSec``: however quiet the proxy,
+``min_per_sec`` times the window length retries are allowed per window, so
+a node that dies with a hundred slow queries in flight on a quiet proxy
+has every one of them retried, while a storm on a busy proxy stays near
+``1 + percent/100`` attempts per request.
 """
 
 from __future__ import annotations
@@ -19,12 +23,12 @@ class RetryBudget:
         self,
         *,
         percent: float,
-        min_retries: int,
+        min_per_sec: float,
         window_secs: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ratio = percent / 100.0
-        self._min_retries = min_retries
+        self._min_retries = min_per_sec * window_secs
         self._width = window_secs / BUCKETS
         self._clock = clock
         self._requests = [0] * BUCKETS

@@ -126,11 +126,30 @@ class Settings(BaseSettings):
         le=100,
         description="Retries allowed as a share of the requests in the budget window.",
     )
-    retry_budget_min_retries: int = Field(
-        default=10, ge=0, description="Retries always allowed per budget window, however quiet the proxy."
+    retry_budget_min_per_sec: float = Field(
+        default=10,
+        ge=0,
+        description="Retries per second always allowed, however quiet the proxy (times the window length).",
     )
     retry_budget_window_secs: float = Field(
         default=10, gt=0, description="Length of the sliding window of the retry budget."
+    )
+    outlier_consecutive_failures: int = Field(
+        default=5,
+        ge=0,
+        description="Failed forwards in a row that eject a backend from routing; 0 turns ejection off.",
+    )
+    outlier_ejection_secs: float = Field(
+        default=30,
+        gt=0,
+        description="How long a first ejection lasts; doubled on each repeat, capped at 10x.",
+    )
+    outlier_max_ejected_percent: int = Field(
+        default=50, ge=0, le=100, description="Most backends ejected at once, as a share of the known ones."
+    )
+    lb_policy: Literal["round_robin", "least_request"] = Field(
+        default="round_robin",
+        description="How a backend is chosen among the routable ones.",
     )
     max_body_bytes: int = Field(
         default=26_214_400, gt=0, description="Largest request body accepted (413 above it)."

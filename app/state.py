@@ -16,6 +16,7 @@ from app.discovery import Discovery, Resolver
 from app.exclusions import ExclusionStore, shared_exclusions_path
 from app.health import HealthChecker
 from app.metrics import Metrics
+from app.outlier import OutlierDetector
 from app.pool import BackendPool
 from app.proxy import ProxyEndpoint
 from app.retry_budget import RetryBudget
@@ -40,7 +41,7 @@ class ProxyState:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.pool = BackendPool(settings.backend_port)
+        self.pool = BackendPool(settings.backend_port, lb_policy=settings.lb_policy)
         self.pool.add_listener(self._on_transition)
         self.upstream = forward_transport or UpstreamTransport()
         # Requests are built by the proxy itself; timeouts travel with each one.
@@ -53,10 +54,19 @@ class ProxyState:
         )
         self.retry_budget = RetryBudget(
             percent=settings.retry_budget_percent,
-            min_retries=settings.retry_budget_min_retries,
+            min_per_sec=settings.retry_budget_min_per_sec,
             window_secs=settings.retry_budget_window_secs,
         )
-        self.proxy = ProxyEndpoint(settings, self.pool, self.forward_client, self.metrics, self.retry_budget)
+        self.outlier = OutlierDetector(
+            self.pool,
+            consecutive_failures=settings.outlier_consecutive_failures,
+            ejection_secs=settings.outlier_ejection_secs,
+            max_ejected_percent=settings.outlier_max_ejected_percent,
+            on_eject=lambda backend, kind: self.metrics.outlier_ejections.labels(kind.value).inc(),
+        )
+        self.proxy = ProxyEndpoint(
+            settings, self.pool, self.forward_client, self.metrics, self.retry_budget, outlier=self.outlier
+        )
         self.health = HealthChecker(settings, self.pool, self.probe_client, self.metrics)
         self.exclusions = ExclusionStore(shared_exclusions_path() if settings.workers > 1 else None)
         self.discovery = Discovery(
@@ -101,6 +111,7 @@ class ProxyState:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.outlier.close()
         await self.health.aclose()
         await self.forward_client.aclose()
         await self.probe_client.aclose()
@@ -149,6 +160,8 @@ class ProxyState:
         # An exclusion names a pod; once its IP leaves DNS it must not
         # silently apply to a future pod that reuses the address.
         self.exclusions.discard(b.address for b in backends)
+        for backend in backends:
+            self.outlier.forget(backend)
         if isinstance(self.upstream, UpstreamTransport):
             for backend in backends:
                 self.upstream.forget(backend.address, backend.port)
@@ -182,8 +195,10 @@ class ProxyState:
             self.sync_exclusions()
 
     def refresh_gauges(self) -> None:
-        counts = collections.Counter(b.health for b in self.pool.backends())
-        self.metrics.set_backend_counts(dict(counts))
+        members = self.pool.backends()
+        counts = collections.Counter(b.health for b in members if b.ejection is None)
+        ejected = sum(1 for b in members if b.ejection is not None)
+        self.metrics.set_backend_counts(dict(counts), ejected=ejected)
         self.metrics.routable.set(self.pool.routable_count)
 
     @contextlib.asynccontextmanager

@@ -301,6 +301,13 @@ footer { margin-top: 10px; font-size: 0.8rem; color: var(--muted); }
     return el("ol", { class: "transitions" }, ...items);
   }
 
+  function ejectionNode(ejection) {
+    if (!ejection) return null;
+    const until = ejection.until ? new Date(ejection.until).toLocaleTimeString() : "?";
+    return el("div", { class: "error", "data-ejected": "yes" },
+      "not routable: " + String(ejection.reason) + ", until " + until);
+  }
+
   function backendRow(b) {
     const health = String(b.health);
     const error = b.last_error ? String(b.last_error) : "";
@@ -308,7 +315,7 @@ footer { margin-top: 10px; font-size: 0.8rem; color: var(--muted); }
       ? el("div", { class: "muted" }, b.consecutive_failures + " failed in a row") : null;
     return el("tr", { "data-address": b.address, "data-port": b.port, "data-health": health },
       el("th", { scope: "row" }, hostPort(b)),
-      el("td", { "data-health": health }, badge(health)),
+      el("td", { "data-health": health }, badge(health), ejectionNode(b.ejection)),
       el("td", { "data-excluded": b.excluded ? "yes" : "no" },
         b.excluded ? el("span", { class: "badge excluded" }, "yes") : "no"),
       el("td", { class: "num" }, fmtInt(b.inflight)),

@@ -70,16 +70,20 @@ SECTIONS: list[tuple[str, list[str]]] = [
         "Health checks",
         ["health_path", "health_interval_secs", "health_timeout_ms", "health_rise", "health_fall"],
     ),
-    ("Forwarding", ["request_timeout_secs", "connect_timeout_ms", "hold_timeout_secs"]),
+    ("Forwarding", ["request_timeout_secs", "connect_timeout_ms", "hold_timeout_secs", "lb_policy"]),
     (
         "Retries",
         [
             "max_retries",
             "retry_on_timeout",
             "retry_budget_percent",
-            "retry_budget_min_retries",
+            "retry_budget_min_per_sec",
             "retry_budget_window_secs",
         ],
+    ),
+    (
+        "Outlier detection",
+        ["outlier_consecutive_failures", "outlier_ejection_secs", "outlier_max_ejected_percent"],
     ),
     ("Limits and overload", ["max_body_bytes", "max_pending", "max_buffered_bytes"]),
     ("Shutdown", ["shutdown_grace_secs"]),
@@ -174,12 +178,40 @@ DOCS: dict[str, Doc] = {
     ),
     "retry_budget_percent": Doc(
         helm=("retry.budget.percent",),
-        note="A window allows the larger of `HYPERBYTEDB_PROXY_RETRY_BUDGET_MIN_RETRIES` and this "
-        "percentage of the requests received in it; a request denied a retry gets "
+        note="A window allows the larger of `HYPERBYTEDB_PROXY_RETRY_BUDGET_MIN_PER_SEC` times the "
+        "window length and this percentage of the requests received in it; a request denied a retry gets "
         "the backend's failed answer relayed (`502` after a transport error). Counted per worker process.",
     ),
-    "retry_budget_min_retries": Doc(helm=("retry.budget.minRetries",)),
+    "retry_budget_min_per_sec": Doc(
+        helm=("retry.budget.minPerSec",),
+        note="A rate, as in Finagle: the default allows 100 retries per 10 s window however quiet "
+        "the proxy, so a node dying with many slow queries in flight has all of them retried. "
+        "See [Routing and failures](routing.md).",
+    ),
     "retry_budget_window_secs": Doc(helm=("retry.budget.windowSecs",)),
+    "outlier_consecutive_failures": Doc(
+        helm=("outlier.consecutiveFailures",),
+        note="Counted failures: a transport error after the request was sent, a timeout, and any 5xx "
+        "answer except a drain 503 (which marks the backend Draining at once). A success resets the "
+        "count. See [Routing and failures](routing.md).",
+    ),
+    "outlier_ejection_secs": Doc(
+        helm=("outlier.ejectionSecs",),
+        note="The n-th ejection of the same backend lasts n times this long (at most 10x). Ejection "
+        "ends by time only; the backend is routed again if its probe passes.",
+    ),
+    "outlier_max_ejected_percent": Doc(
+        helm=("outlier.maxEjectedPercent",),
+        note="Rounded down, but one backend may always be ejected. When every backend fails, the "
+        "others stay routed, so the proxy has somewhere to send requests the moment they recover.",
+    ),
+    "lb_policy": Doc(
+        helm=("proxy.lbPolicy",),
+        accepted="`round_robin` or `least_request`",
+        note="`least_request` draws two routable backends at random and picks the one with fewer "
+        "requests in flight (Envoy's default): a node that turns slow gets a small share of the "
+        "traffic instead of an equal one. Counted per worker process.",
+    ),
     "max_body_bytes": Doc(
         helm=("limits.maxBodyBytes",),
         note="Checked against `Content-Length` before reading and again while reading. The limit "

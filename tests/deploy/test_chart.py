@@ -47,8 +47,12 @@ VALUES_OF_FIELD: dict[str, tuple[str, Any, str | SecretRef]] = {
     "max_retries": ("retry.maxRetries", 5, "5"),
     "retry_on_timeout": ("retry.onTimeout", True, "true"),
     "retry_budget_percent": ("retry.budget.percent", 12.5, "12.5"),
-    "retry_budget_min_retries": ("retry.budget.minRetries", 3, "3"),
+    "retry_budget_min_per_sec": ("retry.budget.minPerSec", 2.5, "2.5"),
     "retry_budget_window_secs": ("retry.budget.windowSecs", 30, "30"),
+    "outlier_consecutive_failures": ("outlier.consecutiveFailures", 0, "0"),
+    "outlier_ejection_secs": ("outlier.ejectionSecs", 7.5, "7.5"),
+    "outlier_max_ejected_percent": ("outlier.maxEjectedPercent", 34, "34"),
+    "lb_policy": ("proxy.lbPolicy", "least_request", "least_request"),
     # 1000000 would print as 1e+06 without `int` in the template.
     "max_body_bytes": ("limits.maxBodyBytes", 1000000, "1000000"),
     "max_pending": ("limits.maxPending", 64, "64"),

@@ -178,7 +178,7 @@ async def test_single_backend_that_failed_is_retried_after_a_probe_interval() ->
 
 
 async def test_retry_budget_denial_relays_the_last_failure() -> None:
-    h = Harness(retry_budget_percent=0, retry_budget_min_retries=1)
+    h = Harness(retry_budget_percent=0, retry_budget_min_per_sec=0.1)
     _all_backends(h, return_value=httpx.Response(502, json={"error": "upstream of the node failed"}))
     async with h.running():
         first = await h.client.get("/query?q=x")
@@ -193,7 +193,7 @@ async def test_retry_budget_denial_relays_the_last_failure() -> None:
 
 
 async def test_retry_budget_denial_after_a_transport_error_is_502_json() -> None:
-    h = Harness(retry_budget_percent=0, retry_budget_min_retries=0)
+    h = Harness(retry_budget_percent=0, retry_budget_min_per_sec=0)
     _all_backends(h, side_effect=httpx.ReadError("connection reset"))
     async with h.running():
         r = await h.client.get("/query?q=x")
