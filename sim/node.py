@@ -16,7 +16,8 @@ the table leaves open:
   ``/_sim/`` endpoints keep answering while hung, so a test can un-hang it.
 - Fault and delay injection (``/_sim/fail``, ``/_sim/delay``) apply to data
   requests and to the probe endpoints ``/_sim/echo``, ``/_sim/headers`` and
-  ``/_sim/stream``, never to the control endpoints.
+  ``/_sim/stream``, never to the control endpoints.  A fail rule with
+  ``"reset": true`` reads the request and resets the connection unanswered.
 - ``X-Hyperbytedb-Redirect`` is only sent when the node knows a peer (``--peer``).
 
 Run: ``python -m sim.node --host 127.0.0.2 --port 8086 [--state syncing --sync-secs 3]``.
@@ -33,6 +34,8 @@ import json
 import math
 import os
 import re
+import socket
+import struct
 import time
 import uuid
 import zlib
@@ -199,6 +202,7 @@ class _Rule:
     headers: Headers = field(default_factory=list)
     bare: bool = False
     abort: bool = False
+    reset: bool = False  # read the request, then reset the connection without answering
     secs: float = 0.0
 
     def matches(self, method: str, path: str) -> bool:
@@ -216,6 +220,7 @@ class _Rule:
             "status": self.status,
             "secs": self.secs,
             "abort": self.abort,
+            "reset": self.reset,
         }
 
 
@@ -264,6 +269,7 @@ def _rule_from_json(spec: dict[str, Any]) -> _Rule:
         headers=headers,
         bare=bool(spec.get("bare", False)),
         abort=bool(spec.get("abort", False)),
+        reset=bool(spec.get("reset", False)),
         secs=secs,
     )
 
@@ -307,6 +313,25 @@ async def read_body(receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+async def _reset_after_read(receive: Receive) -> None:
+    """Read the whole request, then drop the connection with a TCP reset and no answer.
+
+    A node whose request handling is broken behind a healthy ``/health`` looks
+    like this.  uvicorn's ``receive`` is bound to the request cycle, which
+    holds the connection's transport; in-process (no transport) it raises.
+    """
+    await read_body(receive, DEFAULT_MAX_BODY_BYTES)
+    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    if transport is None:
+        raise ConnectionResetError("simulated reset after reading the request")
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()
+    for _ in range(2):  # let uvicorn see the connection lost, so it sends no 500 of its own
+        await asyncio.sleep(0)
 
 
 def gunzip(body: bytes, limit: int) -> bytes:
@@ -439,7 +464,10 @@ class NodeApp:
             if self.fail_rules:
                 fault = _take(self.fail_rules, method, path)
                 if fault is not None:
-                    await self._canned(fault, send, rid)
+                    if fault.reset:
+                        await _reset_after_read(receive)
+                    else:
+                        await self._canned(fault, send, rid)
                     return
             if probe:
                 await self._probe(path, method, scope, receive, send, rid)

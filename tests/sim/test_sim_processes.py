@@ -184,3 +184,18 @@ def test_abandoned_stream_stops_and_hung_node_still_stops(tmp_path: Path, http: 
         assert node.control("GET", "state")["state"] == "hang"
         code = node.stop(timeout=5)
     assert code is not None and code != -signal.SIGKILL, node.log_tail()
+
+
+def test_reset_fault_reads_the_request_then_resets_the_connection(tmp_path: Path) -> None:
+    with NodeProcess("127.0.0.3", free_port("127.0.0.3"), log_dir=tmp_path) as node:
+        node.wait_ready(timeout=15)
+        with httpx.Client(timeout=5, trust_env=False) as client:
+            spec = {"reset": True, "count": None, "paths": ["/query"]}
+            assert client.post(f"{node.url}/_sim/fail", json=spec).json()["rules"][0]["reset"] is True
+            with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+                client.post(f"{node.url}/query", data={"q": "SHOW DATABASES"})
+            with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+                client.get(f"{node.url}/query?q=SHOW+DATABASES")
+            assert client.get(f"{node.url}/health").status_code == 200  # the probe stays happy
+            assert client.get(f"{node.url}/_sim/requests").json()["paths"]["/query"] == 2
+    assert "returned without starting response" not in node.log_text()
