@@ -3,6 +3,7 @@
 python -m chaos                      # full: every scenario, 60 s of load each
 python -m chaos --short              # the CI form: every scenario, ~6 s of load each
 python -m chaos --scenario hang      # one scenario (repeatable)
+python -m chaos --scenario gray-experiment   # the gray-node experiment: 600 queries, one node 502s
 python -m chaos --duration 120       # seconds of load per scenario
 """
 
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from chaos.influx import real_server
+from chaos.outliers import OUTLIER_SCENARIOS
 from chaos.report import ScenarioResult, table
 from chaos.scenarios import SCENARIOS, Options, Scenario
 from sim.processes import REPO_ROOT
@@ -31,7 +33,9 @@ SHORT_DURATION = 6.0
 # Setup, fault sequences longer than the load duration, counting and teardown.
 SCENARIO_OVERHEAD_SECS = 240.0
 
-ALL: dict[str, Scenario] = {**SCENARIOS, "real-influxdb": real_server}
+ALL: dict[str, Scenario] = {**SCENARIOS, **OUTLIER_SCENARIOS, "real-influxdb": real_server}
+# A first guess at one scenario's setup and teardown, before any has run.
+ESTIMATED_OVERHEAD_SECS = 15.0
 
 
 async def run_scenario(name: str, opts: Options) -> ScenarioResult:
@@ -59,12 +63,28 @@ async def run_all(names: Sequence[str], opts: Options) -> list[ScenarioResult]:
     assert main_task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main_task.cancel)
     results = []
-    for name in names:  # one at a time: two cores, and the scenarios share loopback addresses
-        print(f"== {name} ...", flush=True)
+    started = time.monotonic()
+    for index, name in enumerate(names):  # one at a time: two cores, and they share loopback addresses
+        print(progress_line(index, names, time.monotonic() - started, opts.duration), flush=True)
         result = await run_scenario(name, opts)
         print(result.summary(), flush=True)
         results.append(result)
     return results
+
+
+def progress_line(index: int, names: Sequence[str], elapsed: float, duration: float) -> str:
+    """What runs now and roughly how long is left, from the pace so far (or a first guess)."""
+    per_scenario = elapsed / index if index else duration + ESTIMATED_OVERHEAD_SECS
+    left = per_scenario * (len(names) - index)
+    return (
+        f"== [{index + 1}/{len(names)}] {names[index]} ... "
+        f"elapsed {_minutes(elapsed)}, about {_minutes(left)} left"
+    )
+
+
+def _minutes(secs: float) -> str:
+    minutes, seconds = divmod(round(secs), 60)
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def _revision() -> str:
