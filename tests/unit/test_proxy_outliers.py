@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from app.backend import Health
-from tests.unit.harness import Harness
+from app.settings import SettingsError, load_settings, unknown_variables
+from tests.unit.harness import Harness, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -142,3 +143,33 @@ async def test_least_request_is_selected_by_setting() -> None:
             await h.client.get("/query?q=x")
         h.backend(SICK).inflight = 0
     assert h.calls_to(SICK) == 0
+
+
+def test_routing_settings_defaults() -> None:
+    s = make_settings()
+    outlier = (s.outlier_consecutive_failures, s.outlier_ejection_secs, s.outlier_max_ejected_percent)
+    assert outlier == (5, 30, 50)
+    assert (s.lb_policy, s.retry_budget_min_per_sec) == ("round_robin", 10)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("HYPERBYTEDB_PROXY_LB_POLICY", "random", "'round_robin' or 'least_request'"),
+        ("HYPERBYTEDB_PROXY_OUTLIER_CONSECUTIVE_FAILURES", "-1", "greater than or equal to 0"),
+        ("HYPERBYTEDB_PROXY_OUTLIER_EJECTION_SECS", "0", "greater than 0"),
+        ("HYPERBYTEDB_PROXY_OUTLIER_MAX_EJECTED_PERCENT", "150", "less than or equal to 100"),
+        ("HYPERBYTEDB_PROXY_RETRY_BUDGET_MIN_PER_SEC", "lots", "valid number"),
+    ],
+)
+def test_bad_routing_settings_name_variable_and_value(variable: str, value: str, expected: str) -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings({"HYPERBYTEDB_PROXY_BACKEND_SERVICE": "db", variable: value})
+    (line,) = err.value.problems
+    assert line.startswith(f"{variable}={value!r} is invalid: ") and expected in line
+
+
+def test_the_old_budget_floor_setting_is_gone() -> None:
+    assert unknown_variables({"HYPERBYTEDB_PROXY_RETRY_BUDGET_MIN_RETRIES": "10"}) == [
+        "HYPERBYTEDB_PROXY_RETRY_BUDGET_MIN_RETRIES"
+    ]
