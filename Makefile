@@ -26,9 +26,11 @@ unit: $(VENV)/.installed
 deps:
 	bash scripts/install-test-deps.sh
 
+## lint: ruff, ruff format --check, mypy (strict on app/)
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 format: $(VENV)/.installed
 	$(PY) -m ruff format .
