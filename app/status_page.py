@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
 _NONCE = "__CSP_NONCE__"
-_INLINED = {"__STATUS_CSS__": "status.css", "__STATUS_JS__": "status.js"}
+_INLINED = (("__STATUS_CSS__", "status.css"), ("__STATUS_JS__", "status.js"))
 
 
 def content_security_policy(nonce: str) -> str:
@@ -56,7 +56,7 @@ class StatusPage:
         """Assemble ``app/static``'s files into one document (inline: the policy allows no fetches)."""
         files = resources.files("app") / "static"
         html = (files / "index.html").read_text(encoding="utf-8")
-        for marker, name in _INLINED.items():
+        for marker, name in _INLINED:
             html = html.replace(marker, (files / name).read_text(encoding="utf-8").rstrip("\n"))
         return cls(html)
 

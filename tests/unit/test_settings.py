@@ -190,3 +190,22 @@ def test_missing_multiprocess_directory_is_a_configuration_error() -> None:
         "hyperbytedb-proxy: configuration error: PROMETHEUS_MULTIPROC_DIR='/nonexistent/prometheus' "
         "is invalid: expected an existing directory"
     ]
+
+
+def test_the_command_line_warns_once_per_unknown_variable(caplog: pytest.LogCaptureFixture) -> None:
+    from app.__main__ import warn_unknown_variables
+
+    with caplog.at_level("WARNING", logger="hyperbytedb_proxy"):
+        warn_unknown_variables(REQUIRED | {"HYPERBYTEDB_PROXY_HOLD_TIMEOUT": "5", "LOG_FORMAT": "json"})
+    assert [record.getMessage() for record in caplog.records] == ["ignoring unknown setting"]
+    assert caplog.records[0].fields == {"variable": "HYPERBYTEDB_PROXY_HOLD_TIMEOUT"}  # type: ignore[attr-defined]
+
+
+def test_an_existing_multiprocess_directory_passes_the_startup_check(tmp_path: Path) -> None:
+    from app.__main__ import load_settings_or_exit
+
+    env = REQUIRED | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    assert load_settings_or_exit(env).prometheus_multiproc_dir == tmp_path
+    with pytest.raises(SystemExit) as exit_:
+        load_settings_or_exit(REQUIRED | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")})
+    assert exit_.value.code == 2
