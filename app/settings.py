@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -244,21 +244,25 @@ def env_name(field: str) -> str:
     return env_names(field)[0]
 
 
-def _describe(error: ErrorDetails) -> str:
+def _describe(error: ErrorDetails, given: Set[str]) -> str:
+    """One line naming the variable as the operator spelled it, its raw value and the problem."""
     key = str(error["loc"][0]) if error["loc"] else ""
-    field = key.lower() if key.lower() in Settings.model_fields else _field_of(key)
-    name = key.upper() if key.upper() in env_names(field) else env_name(field)
+    expected = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    field = _field_of(key)
+    if field is None:
+        return f"{key or 'settings'}: {expected}"
+    names = env_names(field)
+    name = next((name for name in names if name.upper() in given), names[0])
     if error["type"] == "missing":
         return f"{name} is required: {Settings.model_fields[field].description}"
-    expected = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     return f"{name}={error['input']!r} is invalid: {expected}"
 
 
-def _field_of(variable: str) -> str:
-    for field in Settings.model_fields:
-        if variable.upper() in env_names(field):
-            return field
-    return variable
+def _field_of(key: str) -> str | None:
+    """The field behind a validation error's location: a field name or one of its variables."""
+    if key.lower() in Settings.model_fields:
+        return key.lower()
+    return next((field for field in Settings.model_fields if key.upper() in env_names(field)), None)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -266,12 +270,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
     Raises :class:`SettingsError` listing every problem, so one restart fixes them all.
     """
-    source = MappingEnvSource(Settings, os.environ if environ is None else environ)
+    env = os.environ if environ is None else environ
+    source = MappingEnvSource(Settings, env)
     try:
         # Only this source: the default chain would read os.environ as well.
         return Settings(_build_sources=((source,), {}))
     except ValidationError as exc:
-        raise SettingsError([_describe(err) for err in exc.errors()]) from None
+        given = {key.upper() for key in env}
+        raise SettingsError([_describe(err, given) for err in exc.errors()]) from None
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:

@@ -93,6 +93,13 @@ def test_bad_value_names_variable_value_and_expectation(variable: str, value: st
     assert expected in line
 
 
+def test_a_problem_names_the_variable_as_spelled() -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(REQUIRED | {"HYPERBYTEDB_PROXY_LOG_LEVEL": "loud"})
+    (line,) = err.value.problems
+    assert line.startswith("HYPERBYTEDB_PROXY_LOG_LEVEL='loud' is invalid: ")
+
+
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(SettingsError) as err:
         load_settings({"HYPERBYTEDB_PROXY_MAX_RETRIES": "x", "LOG_LEVEL": "loud"})
