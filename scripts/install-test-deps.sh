@@ -5,7 +5,7 @@
 # Installs what is missing when run as root; otherwise says what is missing.
 set -euo pipefail
 
-declare -A wanted=([wrk]=wrk [nginx]=nginx-light [curl]=curl [influxd]=influxdb [chromium]=chromium [node]=nodejs)
+declare -A wanted=([wrk]=wrk [nginx]=nginx-light [curl]=curl [influxd]=influxdb [chromium]=chromium [node]=nodejs [npm]=npm)
 missing=()
 for cmd in "${!wanted[@]}"; do
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing+=("${wanted[$cmd]}")
