@@ -40,7 +40,7 @@ class ProxyState:
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
         self.pool = BackendPool(settings.backend_port, lb_policy=settings.lb_policy)
         self.pool.add_listener(self._on_transition)
         self.upstream = forward_transport or UpstreamTransport()
@@ -68,7 +68,9 @@ class ProxyState:
             settings, self.pool, self.forward_client, self.metrics, self.retry_budget, outlier=self.outlier
         )
         self.health = HealthChecker(settings, self.pool, self.probe_client, self.metrics)
-        self.exclusions = ExclusionStore(shared_exclusions_path() if settings.workers > 1 else None)
+        self.exclusions = ExclusionStore(
+            shared_exclusions_path(settings.prometheus_multiproc_dir) if settings.workers > 1 else None
+        )
         self.discovery = Discovery(
             settings,
             self.pool,
