@@ -114,7 +114,8 @@ class OutlierDetector:
 
     def ejection_secs(self, ejections: int) -> float:
         """Length of the ``ejections``-th ejection in a row: doubled each time, at most 10x."""
-        return min(self._base * 2 ** (ejections - 1), self._base * MAX_MULTIPLIER)
+        doubled: float = self._base * 2 ** (ejections - 1)
+        return min(doubled, self._base * MAX_MULTIPLIER)
 
     def _room_for_one_more(self) -> bool:
         """At most the configured share ejected, one always allowed, never all of them."""
