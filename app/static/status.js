@@ -42,6 +42,13 @@ const StatusFormat = (() => {
     return Number.isFinite(ms) ? ms : null;
   }
 
+  // An ejected backend's line: why outlier detection took it out and until when (null: not ejected).
+  function ejectionText(ejection) {
+    if (!ejection || typeof ejection !== "object") return null;
+    const until = parseTime(ejection.until);
+    return `not routable: ${String(ejection.reason)}, until ${until === null ? "?" : fmtClock(until)}`;
+  }
+
   function hostPort(b) {
     const host = String(b.address).includes(":") ? `[${b.address}]` : String(b.address);
     return `${host}:${b.port}`;
@@ -92,6 +99,7 @@ const StatusFormat = (() => {
     truncate,
     parseTime,
     hostPort,
+    ejectionText,
     summarize,
   };
 })();
@@ -170,10 +178,8 @@ function startStatusPage(document, F) {
   }
 
   function ejectionNode(ejection) {
-    if (!ejection) return null;
-    const until = ejection.until ? new Date(ejection.until).toLocaleTimeString() : "?";
-    const text = `not routable: ${String(ejection.reason)}, until ${until}`;
-    return el("div", { class: "error", "data-ejected": "yes" }, text);
+    const text = F.ejectionText(ejection);
+    return text === null ? null : el("div", { class: "error", "data-ejected": "yes" }, text);
   }
 
   function backendRow(b) {
