@@ -213,6 +213,7 @@ class ProxyState:
     def refresh_gauges(self) -> None:
         counts = collections.Counter(b.health for b in self.pool.backends())
         self.metrics.set_backend_counts(dict(counts))
+        self.metrics.set_backend_load(self.pool.backends())
         self.metrics.routable.set(self.pool.routable_count)
 
     @contextlib.asynccontextmanager
