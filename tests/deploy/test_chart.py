@@ -135,6 +135,7 @@ def test_full_render_has_every_optional_object(full_render: Rendered) -> None:
             "PodDisruptionBudget",
             "ServiceMonitor",
             "PrometheusRule",
+            "ConfigMap",
             "Pod",
         ]
     )
@@ -702,3 +703,23 @@ def test_a_given_peer_service_is_used_as_is(helm_template: HelmTemplate) -> None
     rendered = helm_template.render(values={"peers": {"service": "proxies.other.svc"}})
     assert peers_service(rendered) is None
     assert rendered.env_value("HYPERBYTEDB_PROXY_PEER_SERVICE") == "proxies.other.svc"
+
+
+# ---------------------------------------------------------------------------
+# Grafana dashboard
+# ---------------------------------------------------------------------------
+
+
+def test_dashboard_configmap_is_off_by_default(default_render: Rendered) -> None:
+    assert "ConfigMap" not in default_render.kinds()
+
+
+def test_dashboard_configmap_carries_the_dashboard_for_the_sidecar(full_render: Rendered) -> None:
+    config_map = full_render.one("ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Databases"}
+    shipped = json.loads((CHART / "dashboards" / "hyperbytedb-proxy.json").read_text())
+    assert json.loads(config_map["data"]["hyperbytedb-proxy.json"]) == shipped
+    # deploy/grafana/ offers the same file to those who import it by hand.
+    standalone = CHART.parents[1] / "deploy" / "grafana" / "hyperbytedb-proxy.json"
+    assert json.loads(standalone.read_text()) == shipped
