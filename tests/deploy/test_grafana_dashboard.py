@@ -8,6 +8,8 @@ query.
 
 from __future__ import annotations
 
+import html
+import importlib.util
 import json
 import re
 from collections.abc import Iterator
@@ -150,3 +152,23 @@ def test_layout_is_a_valid_grid_with_unique_ids() -> None:
         if panel["type"] != "row":
             assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
             assert panel["description"], panel["title"]
+
+
+def _renderer() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "render_dashboard", REPO / "scripts" / "render_dashboard.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_static_renderer_shows_every_panel_and_query() -> None:
+    page = _renderer().render_html(dashboard())
+    for panel in dashboard()["panels"]:
+        assert html.escape(panel["title"]) in page
+        for target in panel.get("targets", []):
+            assert html.escape(target["expr"]) in page
+    # The screenshot in the docs is a PNG made from this page.
+    assert (REPO / "docs" / "img" / "grafana-dashboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
