@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 
@@ -11,8 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from app.discovery import LookupFailed
+from app.main import create_app
 from app.peers import FANOUT_HEADER, PeerFleet, fleet_wide
 from app.settings import Settings, SettingsError, load_settings
+from tests.unit.harness import SERVICE, FakeResolver, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -203,3 +206,50 @@ def test_peer_service_settings() -> None:
         settings(peer_service="a.test,b.test")
     with pytest.raises(SettingsError, match="HYPERBYTEDB_PROXY_PEER_TIMEOUT_SECS"):
         settings(peer_timeout_secs="0")
+
+
+async def test_readyz_waits_for_the_peers_exclusions_and_then_routes_around_them() -> None:
+    """A starting replica is not ready until a peer told it what is excluded."""
+    release, called = asyncio.Event(), asyncio.Event()
+    asked: list[httpx.Request] = []
+
+    async def peer(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        called.set()
+        await release.wait()
+        return httpx.Response(200, json={"excluded": ["127.0.0.3"]})
+
+    async def healthy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "pass"})
+
+    app = create_app(
+        make_settings(peer_service="proxies.test", admin_token="t", listen="127.0.0.9:8086"),
+        forward_transport=httpx.MockTransport(healthy),
+        probe_transport=httpx.MockTransport(healthy),
+        peer_transport=httpx.MockTransport(peer),
+        resolver=FakeResolver(
+            {SERVICE: ["127.0.0.2", "127.0.0.3"], "proxies.test": ["127.0.0.9", "127.0.0.8"]}
+        ),
+    )
+    state = app.state.proxy
+    async with (
+        state.running(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://p") as client,
+    ):
+        async with asyncio.timeout(5):
+            await called.wait()
+        waiting = await client.get("/readyz")
+        assert waiting.status_code == 503
+        assert waiting.json()["status"] == "syncing exclusions from peer replicas"
+        assert [r.url.host for r in asked] == ["127.0.0.8"]  # never itself
+        assert asked[0].headers["authorization"] == "Bearer t"
+
+        release.set()
+        for _ in range(500):  # the sync task finishes right after the answer; probes are immediate
+            if state.peers.synced and state.pool.routable_count:
+                break
+            await asyncio.sleep(0.01)
+        assert (await client.get("/readyz")).status_code == 200
+        assert state.pool.get("127.0.0.3").excluded
+        listed = await client.get("/admin/exclusions", headers={"Authorization": "Bearer t"})
+        assert listed.json() == {"excluded": ["127.0.0.3"]}
