@@ -129,29 +129,24 @@ class PeerFleet:
         applied: list[str] = []
         refused: dict[str, str] = {}
         waiting: dict[str, str] = {}
-        known: list[str] = []
+        known: list[str] | None = None
         for round_number in range(MAX_ROUNDS):
-            found = await self.peers()
+            try:
+                found = await asyncio.wait_for(self.peers(), max(0.1, deadline - self._clock()))
+            except TimeoutError:
+                found = None
             known = found if found is not None else known  # DNS silent: keep asking the last known peers
-            waiting = {
-                peer: waiting.get(peer, "not reached")
-                for peer in known
-                if peer not in applied and peer not in refused
-            }
-            if not waiting:
-                break
-            remaining = deadline - self._clock()
-            timeout = max(0.1, min(CALL_TIMEOUT_SECS, remaining))
-            calls = [self._call(method, peer, path, headers, timeout) for peer in waiting]
-            for peer, (status, detail) in zip(list(waiting), await asyncio.gather(*calls), strict=True):
-                if status in ACKNOWLEDGED:
-                    applied.append(peer)
-                    del waiting[peer]
-                elif status in REFUSED:
-                    refused[peer] = detail
-                    del waiting[peer]
-                else:
-                    waiting[peer] = detail
+            if known is None:  # no answer yet: who the peers are is unknown, not "nobody"
+                waiting = {self._service: "DNS lookup of the peer service failed"}
+            else:
+                waiting = {
+                    peer: waiting.get(peer, "not reached")
+                    for peer in known
+                    if peer not in applied and peer not in refused
+                }
+                if not waiting:
+                    break
+                await self._call_all(method, path, headers, deadline, waiting, applied, refused)
             if not waiting or self._clock() >= deadline:
                 break
             pause = RETRY_SECS[min(round_number, len(RETRY_SECS) - 1)]
@@ -163,6 +158,29 @@ class PeerFleet:
         else:
             log.info("change applied by every proxy replica", extra={"fields": fields})
         return report
+
+    async def _call_all(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        deadline: float,
+        waiting: dict[str, str],
+        applied: list[str],
+        refused: dict[str, str],
+    ) -> None:
+        """One round: call every waiting peer at once and sort them by their answers."""
+        timeout = max(0.1, min(CALL_TIMEOUT_SECS, deadline - self._clock()))
+        calls = [self._call(method, peer, path, headers, timeout) for peer in waiting]
+        for peer, (status, detail) in zip(list(waiting), await asyncio.gather(*calls), strict=True):
+            if status in ACKNOWLEDGED:
+                applied.append(peer)
+                del waiting[peer]
+            elif status in REFUSED:
+                refused[peer] = detail
+                del waiting[peer]
+            else:
+                waiting[peer] = detail
 
     async def _call(
         self, method: str, peer: str, path: str, headers: dict[str, str], timeout: float

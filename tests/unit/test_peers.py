@@ -253,3 +253,11 @@ async def test_readyz_waits_for_the_peers_exclusions_and_then_routes_around_them
         assert state.pool.get("127.0.0.3").excluded
         listed = await client.get("/admin/exclusions", headers={"Authorization": "Bearer t"})
         assert listed.json() == {"excluded": ["127.0.0.3"]}
+
+
+async def test_a_peer_service_that_never_resolves_is_reported_not_taken_for_no_peers() -> None:
+    fleet = Fleet({PEER_A: [200]})
+    peers = fleet.peer_fleet(Resolver(None), peer_timeout_secs="0.3")
+    report = await peers.fan_out("POST", PATH, None)
+    assert report.applied == []
+    assert report.failed == {"proxies.test": "DNS lookup of the peer service failed"}
