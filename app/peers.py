@@ -31,8 +31,9 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app.addresses import HostPort, parse_host_port
 from app.discovery import LookupFailed, Resolver, canonical_ip
-from app.settings import HostPort, Settings, parse_host_port
+from app.settings import Settings
 
 log = logging.getLogger("hyperbytedb_proxy.peers")
 
