@@ -40,6 +40,7 @@ log = logging.getLogger("hyperbytedb_proxy.peers")
 FANOUT_HEADER = "x-hyperbytedb-proxy-fanout"
 EXCLUSIONS_PATH = "/admin/exclusions"
 CALL_TIMEOUT_SECS = 2.0
+OWN_LOOKUP_TIMEOUT_SECS = 2.0  # the host's own name; a slow resolver must not hold up start-up
 RETRY_SECS = (0.1, 0.25, 0.5, 1.0)  # then 1 s between rounds
 MAX_ROUNDS = 1000  # bounds the loops; the deadline ends them much sooner
 # Answers that mean "applied here" (the second is upstream's already_excluded).
@@ -101,8 +102,9 @@ class PeerFleet:
     async def learn_own_addresses(self) -> None:
         """Add the addresses this host's name resolves to (a pod's own IP without SELF_IP)."""
         try:
-            _, _, addresses = await asyncio.to_thread(socket.gethostbyname_ex, socket.gethostname())
-        except OSError:
+            lookup = asyncio.to_thread(socket.gethostbyname_ex, socket.gethostname())
+            _, _, addresses = await asyncio.wait_for(lookup, OWN_LOOKUP_TIMEOUT_SECS)
+        except (OSError, TimeoutError):
             return
         self._own.update(ip for ip in (canonical_ip(a) for a in addresses) if ip)
 
