@@ -132,7 +132,8 @@ def admin_routes(state: ProxyState) -> list[Route]:
         )
 
     async def exclusions(request: Request) -> Response:
-        return JSONResponse({"excluded": sorted(state.exclusions.addresses)})
+        synced = state.peers is None or state.peers.synced
+        return JSONResponse({"excluded": sorted(state.exclusions.addresses), "synced": synced})
 
     def exclusion(excluded: bool) -> Endpoint:
         async def change(request: Request) -> Response:

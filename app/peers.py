@@ -221,17 +221,23 @@ class PeerFleet:
                     "no peer replica to sync exclusions from", extra={"fields": {"service": self._service}}
                 )
                 return
+            # A peer that is itself still starting may not know everything yet: prefer one
+            # that has synced; when every peer answered and all are starting (a new
+            # Deployment), nobody knows more than their union.
+            starting: dict[str, set[str]] = {}
             for peer in found:
-                excluded = await self._fetch(
-                    peer, headers, max(0.1, min(CALL_TIMEOUT_SECS, deadline - self._clock()))
-                )
-                if excluded is not None:
-                    adopt(excluded - self._changed_while_syncing)
-                    log.info(
-                        "exclusions synced from a peer replica",
-                        extra={"fields": {"peer": peer, "excluded": sorted(excluded)}},
-                    )
+                timeout = max(0.1, min(CALL_TIMEOUT_SECS, deadline - self._clock()))
+                answer = await self._fetch(peer, headers, timeout)
+                if answer is None:
+                    continue
+                excluded, peer_synced = answer
+                if peer_synced:
+                    self._adopt(adopt, excluded, [peer])
                     return
+                starting[peer] = excluded
+            if starting and len(starting) == len(found):
+                self._adopt(adopt, set().union(*starting.values()), sorted(starting))
+                return
             if self._clock() >= deadline:
                 break
             pause = RETRY_SECS[min(round_number, len(RETRY_SECS) - 1)]
@@ -241,17 +247,28 @@ class PeerFleet:
             extra={"fields": {"service": self._service, "timeout_secs": self._timeout}},
         )
 
-    async def _fetch(self, peer: str, headers: dict[str, str], timeout: float) -> set[str] | None:
+    def _adopt(self, adopt: Callable[[Iterable[str]], None], excluded: set[str], peers: list[str]) -> None:
+        adopt(excluded - self._changed_while_syncing)
+        log.info(
+            "exclusions synced from a peer replica",
+            extra={"fields": {"peers": peers, "excluded": sorted(excluded)}},
+        )
+
+    async def _fetch(
+        self, peer: str, headers: dict[str, str], timeout: float
+    ) -> tuple[set[str], bool] | None:
+        """A peer's exclusions and whether it has synced itself; None when it did not answer."""
         try:
             response = await self._client.get(
                 self._url(peer, EXCLUSIONS_PATH), headers=headers, timeout=timeout
             )
             if response.status_code != 200:
                 return None
-            listed = response.json()["excluded"]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            body = response.json()
+            listed, peer_synced = body["excluded"], body.get("synced", True)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        return {ip for ip in (canonical_ip(str(item)) for item in listed) if ip}
+        return {ip for ip in (canonical_ip(str(item)) for item in listed) if ip}, peer_synced is not False
 
 
 def fleet_wide(fleet: PeerFleet | None, endpoint: Endpoint) -> Endpoint:

@@ -51,9 +51,16 @@ class Resolver:
 class Fleet:
     """Fake peers: per-IP scripted statuses (the last repeated); 0 means connection refused."""
 
-    def __init__(self, script: dict[str, list[int]], excluded: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        script: dict[str, list[int]],
+        excluded: list[str] | None = None,
+        *,
+        starting: dict[str, list[str]] | None = None,
+    ) -> None:
         self.script = script
         self.excluded = excluded or []
+        self.starting = starting or {}  # peers still syncing themselves, with what they know so far
         self.calls: Counter[str] = Counter()
         self.requests: list[httpx.Request] = []
 
@@ -66,7 +73,9 @@ class Fleet:
         if status == 0:
             raise httpx.ConnectError("refused", request=request)
         if request.url.path == "/admin/exclusions":
-            return httpx.Response(status, json={"excluded": self.excluded})
+            if host in self.starting:
+                return httpx.Response(status, json={"excluded": self.starting[host], "synced": False})
+            return httpx.Response(status, json={"excluded": self.excluded, "synced": True})
         return httpx.Response(status, json={"status": "excluded"})
 
     def peer_fleet(self, resolver: Resolver, **extra: str) -> PeerFleet:
@@ -252,7 +261,7 @@ async def test_readyz_waits_for_the_peers_exclusions_and_then_routes_around_them
         assert (await client.get("/readyz")).status_code == 200
         assert state.pool.get("127.0.0.3").excluded
         listed = await client.get("/admin/exclusions", headers={"Authorization": "Bearer t"})
-        assert listed.json() == {"excluded": ["127.0.0.3"]}
+        assert listed.json() == {"excluded": ["127.0.0.3"], "synced": True}
 
 
 async def test_a_peer_service_that_never_resolves_is_reported_not_taken_for_no_peers() -> None:
@@ -261,3 +270,30 @@ async def test_a_peer_service_that_never_resolves_is_reported_not_taken_for_no_p
     report = await peers.fan_out("POST", PATH, None)
     assert report.applied == []
     assert report.failed == {"proxies.test": "DNS lookup of the peer service failed"}
+
+
+async def test_start_up_sync_prefers_a_peer_that_has_synced_itself() -> None:
+    fleet = Fleet({PEER_A: [200], PEER_B: [200]}, excluded=["10.9.9.9"], starting={PEER_A: []})
+    adopted: list[set[str]] = []
+    await fleet.peer_fleet(Resolver([PEER_A, PEER_B])).sync_at_start(
+        "t", lambda ips: adopted.append(set(ips))
+    )
+    assert adopted == [{"10.9.9.9"}]
+
+
+async def test_start_up_sync_of_replicas_all_starting_takes_what_they_know() -> None:
+    fleet = Fleet({PEER_A: [200], PEER_B: [200]}, starting={PEER_A: ["10.9.9.9"], PEER_B: ["10.9.9.8"]})
+    adopted: list[set[str]] = []
+    peers = fleet.peer_fleet(Resolver([PEER_A, PEER_B]))
+    await peers.sync_at_start("t", lambda ips: adopted.append(set(ips)))
+    assert adopted == [{"10.9.9.9", "10.9.9.8"}]
+    assert sum(fleet.calls.values()) == 2  # one round: nobody knows more
+
+
+async def test_start_up_sync_waits_for_a_synced_peer_while_one_is_unreachable() -> None:
+    fleet = Fleet({PEER_A: [200], PEER_B: [0, 200]}, excluded=["10.9.9.9"], starting={PEER_A: []})
+    adopted: list[set[str]] = []
+    await fleet.peer_fleet(Resolver([PEER_A, PEER_B])).sync_at_start(
+        "t", lambda ips: adopted.append(set(ips))
+    )
+    assert adopted == [{"10.9.9.9"}]
