@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from app.backend import Backend
 from app.discovery import canonical_ip
+from app.peers import EXCLUSIONS_PATH, fleet_wide
 from app.state import ProxyState
 from app.status_page import StatusPage
 
@@ -98,6 +99,9 @@ def admin_routes(state: ProxyState) -> list[Route]:
         routable = state.pool.routable_count
         if state.shutting_down:
             return JSONResponse({"status": "shutting down", "routable_backends": routable}, status_code=503)
+        if state.peers is not None and not state.peers.synced:
+            body = {"status": "syncing exclusions from peer replicas", "routable_backends": routable}
+            return JSONResponse(body, status_code=503)
         if routable == 0:
             return JSONResponse({"status": "no active backend", "routable_backends": 0}, status_code=503)
         return JSONResponse({"status": "ready", "routable_backends": routable})
@@ -143,6 +147,10 @@ def admin_routes(state: ProxyState) -> list[Route]:
             }
         )
 
+    async def exclusions(request: Request) -> Response:
+        synced = state.peers is None or state.peers.synced
+        return JSONResponse({"excluded": sorted(state.exclusions.addresses), "synced": synced})
+
     def exclusion(excluded: bool) -> Endpoint:
         async def change(request: Request) -> Response:
             raw = request.path_params["ip"]
@@ -165,6 +173,15 @@ def admin_routes(state: ProxyState) -> list[Route]:
         Route("/admin", StatusPage.from_package().serve, methods=read_only),
         Route("/admin/backends", backends, methods=read_only),
         Route("/admin/pool", require_token(state, pool), methods=read_only),
-        Route("/admin/backends/{ip}/exclude", require_token(state, exclusion(True)), methods=["POST"]),
-        Route("/admin/backends/{ip}/include", require_token(state, exclusion(False)), methods=["POST"]),
+        Route(EXCLUSIONS_PATH, require_token(state, exclusions), methods=read_only),
+        Route(
+            "/admin/backends/{ip}/exclude",
+            require_token(state, fleet_wide(state.peers, exclusion(True))),
+            methods=["POST"],
+        ),
+        Route(
+            "/admin/backends/{ip}/include",
+            require_token(state, fleet_wide(state.peers, exclusion(False))),
+            methods=["POST"],
+        ),
     ]

@@ -22,6 +22,7 @@ def create_app(
     *,
     forward_transport: httpx.AsyncBaseTransport | None = None,
     probe_transport: httpx.AsyncBaseTransport | None = None,
+    peer_transport: httpx.AsyncBaseTransport | None = None,
     resolver: Resolver | None = None,
     metrics: Metrics | None = None,
 ) -> Starlette:
@@ -31,6 +32,7 @@ def create_app(
         resolver=resolver or SystemResolver(settings.dns_nameservers),
         forward_transport=forward_transport,
         probe_transport=probe_transport,
+        peer_transport=peer_transport,
         metrics=metrics,
     )
 

@@ -8,6 +8,7 @@ the directory comes from the settings, the one place that reads it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from app.backend import Health
+from app.backend import Backend, Health
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
@@ -137,9 +138,40 @@ class Metrics:
             "DNS resolutions of the backend service that failed (the pool was kept).",
             registry=r,
         )
+        # Per-backend series, refreshed from the pool at scrape time: the hot path only
+        # bumps the Backend's own counters.
+        self.backend_inflight = Gauge(
+            "hyperbytedb_proxy_backend_inflight_requests",
+            "Requests being forwarded to or relayed from this backend right now.",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.backend_errors = Counter(
+            "hyperbytedb_proxy_backend_errors_total",
+            "Forwards to this backend that failed: no connection, a transport error, or a retryable answer.",
+            ["backend"],
+            registry=r,
+        )
+        self._errors_seen: dict[str, tuple[Backend, int]] = {}
         for health in Health:
             self.backends.labels(health.value).set(0)
         self.backends.labels(EJECTED).set(0)
+
+    def set_backend_load(self, backends: Sequence[Backend]) -> None:
+        """Per-backend in-flight and errors; series of backends that left the pool are dropped."""
+        current = {backend.host_header: backend for backend in backends}
+        for gone in self._errors_seen.keys() - current.keys():
+            del self._errors_seen[gone]
+            self.backend_inflight.remove(gone)
+            self.backend_errors.remove(gone)
+        for label, backend in current.items():
+            self.backend_inflight.labels(label).set(backend.inflight)
+            seen, before = self._errors_seen.get(label, (backend, 0))
+            if seen is not backend:
+                before = 0  # the same address re-added: a new backend with fresh counters
+            self.backend_errors.labels(label).inc(max(0, backend.errors - before))
+            self._errors_seen[label] = (backend, backend.errors)
 
     def set_backend_counts(self, counts: dict[Health, int], *, ejected: int = 0) -> None:
         for health in Health:

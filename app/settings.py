@@ -146,6 +146,16 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token that enables the admin write endpoints."
     )
+    peer_service: str | None = Field(
+        default=None,
+        description="DNS name of the proxy's own pods (a headless Service): exclusions reach every replica.",
+    )
+    peer_timeout_secs: float = Field(
+        default=10,
+        gt=0,
+        description="Longest wait for every peer replica to apply an exclusion, and for a peer's "
+        "exclusions at start.",
+    )
     workers: int = Field(default=1, ge=1, description="Worker processes when served by gunicorn.")
     prometheus_multiproc_dir: Path | None = Field(
         default=None,
@@ -203,6 +213,15 @@ class Settings(BaseSettings):
         if not value.startswith("/"):
             raise ValueError("expected a path starting with '/'")
         return value
+
+    @field_validator("peer_service")
+    @classmethod
+    def _blank_peer_service_is_none(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if "," in value or any(c.isspace() for c in value.strip()):
+            raise ValueError("expected one DNS name")
+        return value.strip()
 
     @field_validator("self_ip")
     @classmethod

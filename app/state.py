@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable
 
@@ -17,6 +18,7 @@ from app.exclusions import ExclusionStore, shared_exclusions_path
 from app.health import HealthChecker
 from app.metrics import Metrics
 from app.outlier import OutlierDetector
+from app.peers import PeerFleet
 from app.pool import BackendPool
 from app.proxy import ProxyEndpoint
 from app.retry_budget import RetryBudget
@@ -37,6 +39,7 @@ class ProxyState:
         resolver: Resolver,
         forward_transport: httpx.AsyncBaseTransport | None = None,
         probe_transport: httpx.AsyncBaseTransport | None = None,
+        peer_transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
@@ -79,6 +82,14 @@ class ProxyState:
             on_added=self._on_added,
             on_removed=self._on_removed,
         )
+        # Replicas that share exclusions (PEER_SERVICE); their calls get a client of their own.
+        self.peer_client: httpx.AsyncClient | None = None
+        self.peers: PeerFleet | None = None
+        if settings.peer_service is not None:
+            self.peer_client = httpx.AsyncClient(
+                transport=peer_transport, trust_env=False, follow_redirects=False
+            )
+            self.peers = PeerFleet(settings, resolver, self.peer_client)
         self.shutting_down = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -93,6 +104,13 @@ class ProxyState:
             asyncio.create_task(self._supervise("discovery", self.discovery.run)),
             asyncio.create_task(self._supervise("health checks", self.health.run)),
         ]
+        if self.peers is not None:  # ready only once a peer replica's exclusions are in
+            await self.peers.learn_own_addresses()
+            token = self.settings.admin_token
+            sync = functools.partial(
+                self.peers.sync_at_start, token.get_secret_value() if token else None, self.adopt_exclusions
+            )
+            self._tasks.append(asyncio.create_task(self._supervise("peer exclusion sync", sync)))
         if self.exclusions.shared:  # other workers may exclude backends: pick their changes up
             self._tasks.append(
                 asyncio.create_task(self._supervise("exclusion sync", self._sync_exclusions_loop))
@@ -117,6 +135,8 @@ class ProxyState:
         await self.health.aclose()
         await self.forward_client.aclose()
         await self.probe_client.aclose()
+        if self.peer_client is not None:
+            await self.peer_client.aclose()
 
     def begin_shutdown(self) -> None:
         """Readiness fails from now on, so load balancers stop sending new traffic."""
@@ -177,6 +197,15 @@ class ProxyState:
             self.exclusions.discard([backend.address])
         self._apply_exclusion(backend, excluded)
 
+    def adopt_exclusions(self, addresses: collections.abc.Iterable[str]) -> None:
+        """Exclude what a peer replica excludes (a backend not discovered yet is excluded on arrival)."""
+        for address in addresses:
+            backend = self.pool.get(address)
+            if backend is not None:
+                self.set_excluded(backend, True)
+            else:
+                self.exclusions.add(address)
+
     def sync_exclusions(self) -> None:
         """Apply exclusions another worker made."""
         if self.exclusions.reload():
@@ -201,6 +230,7 @@ class ProxyState:
         counts = collections.Counter(b.health for b in members if b.ejection is None)
         ejected = sum(1 for b in members if b.ejection is not None)
         self.metrics.set_backend_counts(dict(counts), ejected=ejected)
+        self.metrics.set_backend_load(members)
         self.metrics.routable.set(self.pool.routable_count)
 
     @contextlib.asynccontextmanager

@@ -89,6 +89,7 @@ SECTIONS: list[tuple[str, list[str]]] = [
     ("Limits and overload", ["max_body_bytes", "max_pending", "max_buffered_bytes"]),
     ("Shutdown", ["shutdown_grace_secs"]),
     ("Admin", ["admin_token"]),
+    ("Peer replicas", ["peer_service", "peer_timeout_secs"]),
     ("Logging", ["log_format", "log_level"]),
 ]
 
@@ -253,6 +254,25 @@ DOCS: dict[str, Doc] = {
         accepted="any string; sent as `Authorization: Bearer <token>`",
         note="It also guards `GET /admin/pool`; see [Operator controls](operations.md#operator-controls). "
         "Compared in constant time.",
+    ),
+    "peer_service": Doc(
+        helm=("peers.service", "peers.enabled"),
+        helm_note="empty: the chart's headless Service `<fullname>-peers` when replicaCount > 1 or "
+        "autoscaling is on (`peers.enabled: false` never sets it)",
+        default="unset (each replica keeps its own exclusions)",
+        accepted="one DNS name (a headless Service listing the proxy's pods)",
+        note="An exclude or include accepted by one replica is repeated on every other replica it "
+        "resolves (its own addresses, `SELF_IP` and the listener's, left out), with the caller's "
+        "`Authorization`; the caller is answered once all applied it. Peers are reached on the admin "
+        "listener's port when there is one, else on the port of `HYPERBYTEDB_PROXY_LISTEN`, so every "
+        "replica must use the same. A starting replica copies a peer's exclusions before `/readyz` "
+        "turns 200. See [Several proxy replicas](operations.md#several-proxy-replicas).",
+    ),
+    "peer_timeout_secs": Doc(
+        helm=("peers.timeoutSecs",),
+        note="A peer that does not acknowledge is retried until it does, leaves DNS, or this time "
+        "passes; the caller then gets `207` with `peers_applied` and `peers_failed`. A starting "
+        "replica that hears from no peer within it turns ready without their exclusions (logged).",
     ),
     "log_format": Doc(
         helm=("log.format",),

@@ -19,6 +19,9 @@ the table leaves open:
   ``/_sim/stream``, never to the control endpoints.  A fail rule with
   ``"reset": true`` reads the request and resets the connection unanswered.
 - ``X-Hyperbytedb-Redirect`` is only sent when the node knows a peer (``--peer``).
+- Replication is off unless peers are given (``--replicate-to``, see
+  :mod:`sim.replication`): tests that count per-node stores keep them apart,
+  while the demo's nodes share their data as a real cluster's do.
 
 Run: ``python -m sim.node --host 127.0.0.2 --port 8086 [--state syncing --sync-secs 3]``.
 """
@@ -40,13 +43,14 @@ import time
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import parse_qsl
 
 from sim.lineproto import LineProtocolError, Point, parse_lines
+from sim.replication import REPLICATE_PATH, SYNC_PATH, Batch, Replicator, snapshot_body
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -157,6 +161,11 @@ class PointStore:
     def measurements(self, db: str) -> list[str]:
         """Measurement names with points in ``db``."""
         return sorted({m for (pdb, m), n in self._counts.items() if pdb == db and n})
+
+    def records(self) -> Iterable[tuple[str, str, str]]:
+        """Every stored point as (db, rp, line), for a peer catching up."""
+        for (db, rp, _key), line in self._points.items():
+            yield db, rp, line
 
     def lines(self, db: str | None = None) -> list[str]:
         """Stored points as line protocol with nanosecond timestamps."""
@@ -372,6 +381,7 @@ class NodeApp:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         fsync: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        replicas: Sequence[str] = (),
     ) -> None:
         if state not in STATES:
             raise ValueError(f"unknown state {state!r}; expected one of {', '.join(STATES)}")
@@ -392,6 +402,8 @@ class NodeApp:
             (b"x-sim-node", name.encode("latin-1", "replace")),
         ]
         self.set_state(state, sync_secs=sync_secs)
+        self.replicator = Replicator(replicas) if replicas else None
+        self._catch_up: asyncio.Task[None] | None = None
 
     # ----------------------------------------------------------------- state
 
@@ -425,6 +437,7 @@ class NodeApp:
             "pid": os.getpid(),
             "version": VERSION,
             "sync_remaining_secs": remaining,
+            "replication": None if self.replicator is None else self.replicator.describe(),
         }
 
     # ----------------------------------------------------------------- ASGI
@@ -439,11 +452,47 @@ class NodeApp:
         for _ in range(2):  # startup, then shutdown
             message = await receive()
             if message["type"] == "lifespan.startup":
+                self._start_replication()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._catch_up is not None:
+                    self._catch_up.cancel()
+                if self.replicator is not None:
+                    await self.replicator.aclose()
                 self.store.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _start_replication(self) -> None:
+        """Syncing until the peers' points are in, as a (re)started cluster member is."""
+        if self.replicator is None:
+            return
+        self.replicator.start()
+        if self._state == "active":
+            self.set_state("syncing")
+            self._catch_up = asyncio.create_task(self._sync_from_peers())
+
+    async def _sync_from_peers(self) -> None:
+        assert self.replicator is not None
+        await self.replicator.catch_up(self._store_batch)
+        if self._state == "syncing" and self._sync_until is None:  # unless a test moved it meanwhile
+            self.set_state("active")
+
+    def _store_batch(self, batch: Batch) -> None:
+        self.store.add(batch.db, batch.rp, parse_lines("\n".join(batch.lines), precision="n", now_ns=0))
+
+    async def _internal(self, path: str, method: str, receive: Receive, send: Send, rid: bytes) -> None:
+        """The cluster-internal API: replicated writes in, a full copy out."""
+        if path == REPLICATE_PATH and method == "POST":
+            try:
+                self._store_batch(Batch.from_json(await read_body(receive, self.max_body_bytes)))
+            except (ValueError, LineProtocolError) as exc:
+                raise RequestError(400, f"invalid replication batch: {exc}") from None
+            await self._respond(send, rid, 204)
+        elif path == SYNC_PATH and method == "GET":
+            await self._respond(send, rid, 200, snapshot_body(self.store.records()), _JSON)
+        else:
+            raise RequestError(405, "method not allowed")
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -475,6 +524,8 @@ class NodeApp:
                 await self._ping(method, send, rid)
             elif path == "/write":
                 await self._write(method, scope, receive, send, rid)
+            elif self.replicator is not None and path in (REPLICATE_PATH, SYNC_PATH):
+                await self._internal(path, method, receive, send, rid)
             elif path == "/query":
                 await self._query(method, scope, receive, send, rid)
             elif path == "/health":
@@ -608,6 +659,8 @@ class NodeApp:
         except LineProtocolError as exc:
             raise RequestError(400, str(exc)) from None
         self.store.add(db, rp, points)
+        if self.replicator is not None:
+            await self.replicator.replicate(Batch(db, rp, tuple(point.line() for point in points)))
         await self._respond(send, rid, 204)
 
     async def _query(self, method: str, scope: Scope, receive: Receive, send: Send, rid: bytes) -> None:
@@ -824,6 +877,7 @@ def create_node_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     fsync: bool = False,
     clock: Callable[[], float] = time.monotonic,
+    replicas: Sequence[str] = (),
 ) -> NodeApp:
     """Build a node app for in-process use (``httpx.ASGITransport``) or for uvicorn."""
     return NodeApp(
@@ -835,6 +889,7 @@ def create_node_app(
         max_body_bytes=max_body_bytes,
         fsync=fsync,
         clock=clock,
+        replicas=replicas,
     )
 
 
@@ -863,6 +918,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--peer", default=None, help="address sent in X-Hyperbytedb-Redirect")
     parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     parser.add_argument("--fsync", action="store_true", help="fsync the points file on every write")
+    parser.add_argument(
+        "--replicate-to",
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a peer node sharing this node's data (repeatable): writes are copied to it, "
+        "and the node syncs from it at start",
+    )
     parser.add_argument("--keep-alive", type=int, default=60, help="idle keep-alive timeout (s)")
     parser.add_argument("--log-level", default="warning")
     return parser
@@ -881,6 +944,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=args.data_dir,
         max_body_bytes=args.max_body_bytes,
         fsync=args.fsync,
+        replicas=[peer for item in args.replicate_to for peer in item.split(",") if peer],
     )
     config = uvicorn.Config(
         app,

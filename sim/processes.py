@@ -317,6 +317,7 @@ class NodeProcess(ManagedProcess):
         *,
         peer: str | None = None,
         sync_secs: float | None = None,
+        replicas: Sequence[str] = (),
         log_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.host = _check_loopback(host)
@@ -326,6 +327,7 @@ class NodeProcess(ManagedProcess):
         self.name = name or f"{host}:{port}"
         self.peer = peer
         self.sync_secs = sync_secs
+        self.replicas = tuple(replicas)
         self.extra_args = tuple(extra_args)
         super().__init__(log_dir=log_dir, label=f"{host}-{port}")
 
@@ -347,11 +349,18 @@ class NodeProcess(ManagedProcess):
             argv += ["--peer", self.peer]
         if self.sync_secs is not None:
             argv += ["--sync-secs", str(self.sync_secs)]
+        for replica in self.replicas:
+            argv += ["--replicate-to", replica]
         return argv + list(self.extra_args)
 
     def wait_ready(self, timeout: float = 10.0) -> Self:
         """Wait until the node answers its control endpoint (whatever its simulated state)."""
         self._poll_status(f"{self.url}/_sim/state", 200, timeout, "answering")
+        return self
+
+    def wait_active(self, timeout: float = 30.0) -> Self:
+        """Wait for ``/health`` 200: the node serves (a replicating node has caught up)."""
+        self._poll_status(f"{self.url}/health", 200, timeout, "active")
         return self
 
     def __enter__(self) -> Self:

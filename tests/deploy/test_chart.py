@@ -66,6 +66,8 @@ VALUES_OF_FIELD: dict[str, tuple[str, Any, str | SecretRef]] = {
         "10.0.0.10,10.0.0.11:5353",
     ),
     "admin_token": ("admin.existingSecret", "proxy-admin", SecretRef("proxy-admin", "admin-token")),
+    "peer_service": ("peers.service", "proxies.db.svc", "proxies.db.svc"),
+    "peer_timeout_secs": ("peers.timeoutSecs", 2.5, "2.5"),
     "workers": ("server.workers", 4, "4"),
     "log_format": ("log.format", "json", "json"),
     "log_level": ("log.level", "warning", "warning"),
@@ -75,6 +77,13 @@ VALUES_OF_FIELD: dict[str, tuple[str, Any, str | SecretRef]] = {
 # (test_several_workers_run_gunicorn covers it).
 CHART_DERIVED = {"prometheus_multiproc_dir"}
 FIELDS = [field for field in Settings.model_fields if field not in CHART_DERIVED]
+
+
+def client_service(rendered: Rendered) -> dict[str, Any]:
+    """The Service clients use (not the peers' headless one)."""
+    services = [s for s in rendered.all("Service") if not s["metadata"]["name"].endswith("-peers")]
+    assert len(services) == 1, rendered.kinds()
+    return services[0]
 
 
 def nested(path: str, value: Any) -> dict[str, Any]:
@@ -113,7 +122,7 @@ def test_chart_metadata() -> None:
 
 def test_default_install_renders_the_expected_objects(default_render: Rendered) -> None:
     assert sorted(default_render.kinds()) == sorted(
-        ["ServiceAccount", "Service", "Deployment", "PodDisruptionBudget", "Pod"]
+        ["ServiceAccount", "Service", "Service", "Deployment", "PodDisruptionBudget", "Pod"]
     )
     assert default_render.deployment["spec"]["replicas"] == 2
     assert default_render.container["image"] == "ghcr.io/hyperbytedb/hyperbytedb-proxy:0.1.0"
@@ -128,11 +137,13 @@ def test_full_render_has_every_optional_object(full_render: Rendered) -> None:
             "ServiceAccount",
             "Secret",
             "Service",
+            "Service",
             "Deployment",
             "HorizontalPodAutoscaler",
             "PodDisruptionBudget",
             "ServiceMonitor",
             "PrometheusRule",
+            "ConfigMap",
             "Pod",
         ]
     )
@@ -278,8 +289,10 @@ def test_default_values_are_the_app_defaults(default_render: Rendered) -> None:
     settings = load_settings(default_render.resolved_env())
     assert settings.backend_service == BACKEND
     assert settings.self_ip == POD_IP
+    # Two replicas by default, so the replicas share exclusions through the chart's headless Service.
+    assert settings.peer_service == "proxy-hyperbytedb-proxy-peers.db.svc"
     for field, info in Settings.model_fields.items():
-        if field in {"backend_service", "self_ip"}:
+        if field in {"backend_service", "self_ip", "peer_service"}:
             continue
         assert getattr(settings, field) == info.default, f"{field}: chart default differs from the app's"
 
@@ -542,7 +555,7 @@ def test_pod_options_are_passed_through(full_render: Rendered) -> None:
 
 
 def test_service_targets_the_proxy_pods(default_render: Rendered) -> None:
-    service = default_render.one("Service")
+    service = client_service(default_render)
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [
         {"name": "http", "port": 8086, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"}
@@ -586,7 +599,7 @@ def test_hpa(full_render: Rendered) -> None:
 
 def test_service_monitor(full_render: Rendered) -> None:
     monitor = full_render.one("ServiceMonitor")
-    service = full_render.one("Service")
+    service = client_service(full_render)
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     # It selects the Service by its labels, and scrapes its named port.
@@ -633,7 +646,7 @@ def test_helm_test_pod(default_render: Rendered) -> None:
     assert "hook-succeeded" in annotations["helm.sh/hook-delete-policy"]
     assert pod["spec"]["restartPolicy"] == "Never"
     script = " ".join(pod["spec"]["containers"][0]["command"])
-    service = default_render.one("Service")
+    service = client_service(default_render)
     assert f"http://{service['metadata']['name']}.db.svc:8086/healthz" in script
     # The Service must not send traffic to the test pod.
     assert not service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
@@ -656,3 +669,65 @@ def test_alert_expressions_use_only_exported_metrics(full_render: Rendered) -> N
     exported |= {family.name + ("_total" if family.type == "counter" else "") for family in families}
     used = set(re.findall(r"hyperbytedb_proxy_[a-z_]+", full_render.text))
     assert used and used <= exported, used - exported
+
+
+# ---------------------------------------------------------------------------
+# Peer replicas: exclusions for the whole fleet
+# ---------------------------------------------------------------------------
+
+
+def peers_service(rendered: Rendered) -> dict[str, Any] | None:
+    found = [s for s in rendered.all("Service") if s["metadata"]["name"].endswith("-peers")]
+    return found[0] if found else None
+
+
+def test_two_replicas_share_exclusions_through_a_headless_service(default_render: Rendered) -> None:
+    service = peers_service(default_render)
+    assert service is not None
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == default_render.deployment["spec"]["selector"]["matchLabels"]
+    name = service["metadata"]["name"]
+    assert default_render.env_value("HYPERBYTEDB_PROXY_PEER_SERVICE") == f"{name}.db.svc"
+
+
+@pytest.mark.parametrize(
+    ("values", "wired"),
+    [
+        pytest.param({"replicaCount": 1}, False, id="one-replica"),
+        pytest.param({"replicaCount": 1, "autoscaling": {"enabled": True}}, True, id="hpa"),
+        pytest.param({"replicaCount": 3, "peers": {"enabled": False}}, False, id="disabled"),
+    ],
+)
+def test_peer_service_follows_the_replica_count(
+    helm_template: HelmTemplate, values: dict[str, Any], wired: bool
+) -> None:
+    rendered = helm_template.render(values=values)
+    assert (peers_service(rendered) is not None) is wired
+    assert bool(rendered.env_value("HYPERBYTEDB_PROXY_PEER_SERVICE")) is wired
+
+
+def test_a_given_peer_service_is_used_as_is(helm_template: HelmTemplate) -> None:
+    rendered = helm_template.render(values={"peers": {"service": "proxies.other.svc"}})
+    assert peers_service(rendered) is None
+    assert rendered.env_value("HYPERBYTEDB_PROXY_PEER_SERVICE") == "proxies.other.svc"
+
+
+# ---------------------------------------------------------------------------
+# Grafana dashboard
+# ---------------------------------------------------------------------------
+
+
+def test_dashboard_configmap_is_off_by_default(default_render: Rendered) -> None:
+    assert "ConfigMap" not in default_render.kinds()
+
+
+def test_dashboard_configmap_carries_the_dashboard_for_the_sidecar(full_render: Rendered) -> None:
+    config_map = full_render.one("ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "Databases"}
+    shipped = json.loads((CHART / "dashboards" / "hyperbytedb-proxy.json").read_text())
+    assert json.loads(config_map["data"]["hyperbytedb-proxy.json"]) == shipped
+    # deploy/grafana/ offers the same file to those who import it by hand.
+    standalone = CHART.parents[1] / "deploy" / "grafana" / "hyperbytedb-proxy.json"
+    assert json.loads(standalone.read_text()) == shipped

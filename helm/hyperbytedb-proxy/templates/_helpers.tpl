@@ -168,3 +168,23 @@ metrics.prometheusRule.selector).
 {{- printf "namespace=%q,job=%q" .Release.Namespace (include "hyperbytedb-proxy.fullname" .) }}
 {{- end }}
 {{- end }}
+
+{{/*
+"true" when the chart creates the peers' headless Service: sharing is on and
+more than one replica can run (replicaCount > 1 or the HPA).
+*/}}
+{{- define "hyperbytedb-proxy.peerServiceCreated" -}}
+{{- if and .Values.peers.enabled (not .Values.peers.service) (or .Values.autoscaling.enabled (gt (int .Values.replicaCount) 1)) }}true{{ end }}
+{{- end }}
+
+{{/*
+HYPERBYTEDB_PROXY_PEER_SERVICE: the configured name, else the chart's headless
+Service when it is created, else empty (off).
+*/}}
+{{- define "hyperbytedb-proxy.peerService" -}}
+{{- if and .Values.peers.enabled .Values.peers.service }}
+{{- .Values.peers.service }}
+{{- else if include "hyperbytedb-proxy.peerServiceCreated" . }}
+{{- printf "%s-peers.%s.svc" (include "hyperbytedb-proxy.fullname" .) .Release.Namespace }}
+{{- end }}
+{{- end }}
