@@ -1,0 +1,353 @@
+"""uvicorn's httptools protocol, bounded on the client side.
+
+uvicorn's HTTP/1.1 protocol trusts its clients: a request head may grow
+without limit, and a client may stay silent for as long as it likes before
+its head, between body bytes, or while its response waits to be read.  This
+subclass adds nginx's client-side limits and otherwise behaves exactly as
+uvicorn does:
+
+- head size and header count (nginx: ``large_client_header_buffers``):
+  ``431`` and the connection closed;
+- time to receive a whole head (``client_header_timeout``): ``408`` when part
+  of a head arrived, a plain close for a connection that never said a word;
+- time between two body reads (``client_body_timeout``): ``408`` while no
+  answer was started, else a close;
+- time between two writes the client lets through (``send_timeout``): a close;
+- an upgrade offer carrying a body (``Upgrade: h2c`` on a ``POST``): llhttp
+  would end that request at its head and lose its body, so it gets ``400``.
+
+Timers are lazy: a deadline moves by updating a timestamp, and the timer
+that fires early re-arms itself for what is left, so a busy connection does
+not create and cancel one per chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from app.settings import Settings
+
+log = logging.getLogger("hyperbytedb_proxy.client")
+
+HEADER_OVERHEAD = 4  # ": " and CRLF around each header line
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLimits:
+    """What one client connection may cost the proxy."""
+
+    max_head_bytes: int
+    max_headers: int
+    header_timeout: float
+    body_timeout: float
+    send_timeout: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ClientLimits:
+        return cls(
+            max_head_bytes=settings.max_header_bytes,
+            max_headers=settings.max_headers,
+            header_timeout=settings.client_header_timeout_secs,
+            body_timeout=settings.client_body_timeout_secs,
+            send_timeout=settings.send_timeout_secs,
+        )
+
+
+OnViolation = Callable[[str], None]
+
+
+class _Rejected(Exception):
+    """Raised from a parser callback to stop parsing; the reason is on the protocol."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejection:
+    limit: str
+    status: int
+    message: str
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """HttpToolsProtocol with head limits and client timeouts; see the module docstring."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        limits: ClientLimits,
+        on_violation: OnViolation,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._limits = limits
+        self._on_violation = on_violation
+        self._rejection: _Rejection | None = None
+        # Head: bytes and headers of the head being received, and when it began.
+        self._in_head = True
+        self._head_started: float | None = None
+        self._head_bytes = 0  # URL and complete headers, as the parser reported them
+        self._unparsed = 0  # bytes received since, still inside the parser's buffers
+        self._header_count = 0
+        self._header_timer: asyncio.TimerHandle | None = None
+        # Body: when its last bytes arrived.
+        self._in_body = False
+        self._body_at = 0.0
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+
+    # -- connection ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        # A connection that never sends a byte is held to the header timeout too.
+        self._head_started = self.loop.time()
+        self._header_timer = self.loop.call_later(self._limits.header_timeout, self._header_deadline)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._header_timer, self._body_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        self._header_timer = self._body_timer = self._send_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._unset_keepalive_if_required()
+        if self._rejection is not None:
+            return  # answered and closing: nothing more is read
+        if self._in_head:
+            if self._head_started is None:
+                self._head_started = self.loop.time()
+            if self._header_timer is None:
+                self._header_timer = self.loop.call_later(self._limits.header_timeout, self._header_deadline)
+            self._unparsed += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # As uvicorn: a websocket goes to its protocol; any other offer is
+            # ignored and the request served as HTTP/1.1 (one carrying a body
+            # was refused in on_headers_complete).
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        except httptools.HttpParserError:
+            if self._rejection is not None:
+                self._reject(self._rejection)
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        if self._in_head and self._head_bytes + self._unparsed > self._limits.max_head_bytes:
+            self._reject(_Rejection("head_size", 431, self._head_too_large()))
+        elif self._in_body:
+            self._body_at = self.loop.time()
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(self._limits.body_timeout, self._body_deadline)
+
+    # -- parser callbacks ------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head = True
+        self._head_bytes = 0
+        self._unparsed = 0
+        self._header_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._head_bytes += len(url)
+        self._unparsed = 0
+        if self._head_bytes > self._limits.max_head_bytes:
+            self._stop(_Rejection("head_size", 431, self._head_too_large()))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_count += 1
+        self._head_bytes += len(name) + len(value) + HEADER_OVERHEAD
+        self._unparsed = 0
+        if self._header_count > self._limits.max_headers:
+            self._stop(
+                _Rejection("header_count", 431, f"more than {self._limits.max_headers} request headers")
+            )
+        if self._head_bytes > self._limits.max_head_bytes:
+            self._stop(_Rejection("head_size", 431, self._head_too_large()))
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_started = None
+        self._unparsed = 0
+        if self.parser.should_upgrade() and _has_body(self.headers):
+            # llhttp ends an upgrade request at its head: its body would be
+            # lost and an empty one forwarded in its place.
+            self._stop(
+                _Rejection(
+                    "upgrade_body",
+                    400,
+                    "a request offering a protocol upgrade must not carry a body; "
+                    "send it without the Upgrade header",
+                )
+            )
+        super().on_headers_complete()
+        self._in_body = True
+        self._body_at = self.loop.time()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_at = self.loop.time()
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        self._in_head = True
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if (
+            self._in_head
+            and self._unparsed
+            and self._header_timer is None
+            and not self.transport.is_closing()
+        ):
+            # Part of a pipelined head waited behind this response: its clock starts now.
+            self._head_started = self.loop.time()
+            self._header_timer = self.loop.call_later(self._limits.header_timeout, self._header_deadline)
+
+    # -- writing ---------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self._limits.send_timeout, self._send_deadline)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    # -- deadlines -------------------------------------------------------
+
+    def _header_deadline(self) -> None:
+        self._header_timer = None
+        if not self._in_head or self._head_started is None or self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a pipelined head waits for this response; its clock restarts after it
+        left = self._head_started + self._limits.header_timeout - self.loop.time()
+        if left > 0:
+            self._header_timer = self.loop.call_later(left, self._header_deadline)
+            return
+        if self._unparsed or self._head_bytes:
+            self._reject(_Rejection("header_timeout", 408, "the request head did not arrive in time"))
+        else:
+            self._violated("header_timeout", "no request arrived in time; closing the connection")
+            self.transport.close()
+
+    def _body_deadline(self) -> None:
+        self._body_timer = None
+        if not self._in_body or self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self.flow.read_paused:
+            self._body_at = now  # the proxy stopped reading, not the client
+        left = self._body_at + self._limits.body_timeout - now
+        if left > 0:
+            self._body_timer = self.loop.call_later(left, self._body_deadline)
+            return
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started:
+            self._violated("body_timeout", "request body stalled; closing the connection")
+            self.transport.close()
+            return
+        self._reject(_Rejection("body_timeout", 408, "the request body did not arrive in time"))
+
+    def _send_deadline(self) -> None:
+        self._send_timer = None
+        if self.transport.is_closing():
+            return
+        self._violated("send_timeout", "client did not read its response in time; closing the connection")
+        self.transport.abort()  # close() would wait for the unread bytes forever
+
+    # -- answers ---------------------------------------------------------
+
+    def _stop(self, rejection: _Rejection) -> None:
+        """From inside a parser callback: stop parsing; data_received answers."""
+        self._rejection = rejection
+        raise _Rejected(rejection.limit)
+
+    def _reject(self, rejection: _Rejection) -> None:
+        """Answer the client with a JSON error, close, and free whatever the request held."""
+        self._rejection = rejection
+        self._in_head = self._in_body = False
+        self._violated(rejection.limit, rejection.message)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if rejection.limit != "body_timeout":
+                # A pipelined head behind a response in progress: let that
+                # response finish, then close; the bad request gets no answer.
+                cycle.keep_alive = False
+                return
+            if cycle.response_started:
+                self.transport.close()
+                return
+            # The application is still waiting for the body: it sees a
+            # disconnect and lets go of what it reserved.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        body = json.dumps({"error": rejection.message}).encode()
+        head = [STATUS_LINE[rejection.status]]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [
+            b"content-type: application/json\r\n",
+            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+            b"connection: close\r\n\r\n",
+        ]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()
+
+    def _violated(self, limit: str, message: str) -> None:
+        self._on_violation(limit)
+        client = self.client[0] if self.client else None
+        log.warning(message, extra={"fields": {"limit": limit, "client": client}})
+
+    def _head_too_large(self) -> str:
+        return f"request head larger than {self._limits.max_head_bytes} bytes"
+
+
+def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return True
+        if name == b"content-length" and value.strip() not in (b"", b"0"):
+            return True
+    return False
+
+
+def limited_protocol(limits: ClientLimits, on_violation: OnViolation) -> Callable[..., asyncio.Protocol]:
+    """The ``http`` argument of uvicorn.Config: builds one bounded protocol per connection."""
+
+    def create(
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> LimitedHttpToolsProtocol:
+        return LimitedHttpToolsProtocol(
+            config, server_state, app_state, _loop, limits=limits, on_violation=on_violation
+        )
+
+    return create
