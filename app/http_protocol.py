@@ -14,7 +14,10 @@ uvicorn does:
   answer was started, else a close;
 - time between two writes the client lets through (``send_timeout``): a close;
 - an upgrade offer carrying a body (``Upgrade: h2c`` on a ``POST``): llhttp
-  would end that request at its head and lose its body, so it gets ``400``.
+  would end that request at its head and lose its body, so it gets ``400``;
+- a body cut short by the client's half-close: ``400``, never forwarded;
+- bytes that do not parse after a complete request: uvicorn's ``400``, but
+  after the response in progress instead of in the middle of it.
 
 Timers are lazy: a deadline moves by updating a timestamp, and the timer
 that fires early re-arms itself for what is left, so a busy connection does
@@ -40,6 +43,10 @@ from app.settings import Settings
 log = logging.getLogger("hyperbytedb_proxy.client")
 
 HEADER_OVERHEAD = 4  # ": " and CRLF around each header line
+# After an error answer, keep reading (and discarding) this long before the
+# close, so the client's unread request bytes do not turn the close into a
+# reset that destroys the answer (nginx: lingering_close, lingering_timeout).
+LINGER_SECS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +113,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_at = 0.0
         self._body_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     # -- connection ------------------------------------------------------
 
@@ -116,11 +124,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timer = self.loop.call_later(self._limits.header_timeout, self._header_deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._header_timer, self._body_timer, self._send_timer):
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._header_timer, self._body_timer, self._send_timer, self._linger_timer):
             if timer is not None:
                 timer.cancel()
-        self._header_timer = self._body_timer = self._send_timer = None
-        super().connection_lost(exc)
+        self._header_timer = self._body_timer = self._send_timer = self._linger_timer = None
 
     def data_received(self, data: bytes) -> None:
         self._unset_keepalive_if_required()
@@ -149,6 +160,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 return
             msg = "Invalid HTTP request received."
             self.logger.warning(msg)
+            if self.cycle is not None and not self.cycle.response_complete:
+                # Bytes after a complete request (a body longer than its
+                # Content-Length, a smuggled request) are the next request:
+                # answer that one after the response in progress, not in it.
+                self._rejection = _Rejection("invalid", 400, msg)
+                self.flow.pause_reading()
+                return
             self.send_400_response(msg)
             return
         if self._in_head and self._head_bytes + self._unparsed > self._limits.max_head_bytes:
@@ -214,7 +232,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         super().on_message_complete()
 
+    def eof_received(self) -> bool | None:
+        """The client half-closed: a body cut short of its Content-Length gets 400, not a forward."""
+        cycle = self.cycle
+        if self._in_body and cycle is not None and not cycle.response_started and self._rejection is None:
+            self._reject(_Rejection("incomplete_body", 400, "request body ended before its declared length"))
+            return True  # keep the connection open for the answer; _reject closes it
+        return None
+
     def on_response_complete(self) -> None:
+        rejection = self._rejection
+        if (
+            rejection is not None
+            and rejection.limit == "invalid"
+            and not self.pipeline
+            and not self.transport.is_closing()
+        ):
+            self.send_400_response(rejection.message)
+            return
         super().on_response_complete()
         if (
             self._in_head
@@ -317,7 +352,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n",
         ]
         self.transport.write(b"".join(head) + body)
-        self.transport.close()
+        self._linger_close()
+
+    def _linger_close(self) -> None:
+        transport = self.transport
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()  # the answer, then FIN; whatever still arrives is dropped
+        self._cancel_timers()
+        self._linger_timer = self.loop.call_later(LINGER_SECS, transport.close)
 
     def _violated(self, limit: str, message: str) -> None:
         self._on_violation(limit)

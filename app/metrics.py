@@ -29,6 +29,7 @@ LATENCY_BUCKETS = (
 OUTCOMES = ("ok", "fatal", "exhausted", "no_backend", "timeout", "rejected", "overloaded", "client_closed")
 CLIENT_LIMITS = (
     "head_size", "header_count", "header_timeout", "body_timeout", "send_timeout", "upgrade_body",
+    "incomplete_body",
 )  # fmt: skip
 RETRY_REASONS = ("connect", "transport", "status_502", "status_504", "drain_503", "timeout")
 
