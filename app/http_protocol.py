@@ -84,6 +84,10 @@ class _Rejection:
     message: str
 
 
+# Broken by a request's head, which may sit behind a response still in progress.
+_HEAD_LIMITS = frozenset({"head_size", "header_count", "header_timeout", "upgrade_body"})
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     """HttpToolsProtocol with head limits and client timeouts; see the module docstring."""
 
@@ -331,7 +335,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._violated(rejection.limit, rejection.message)
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            if rejection.limit != "body_timeout":
+            if rejection.limit in _HEAD_LIMITS:
                 # A pipelined head behind a response in progress: let that
                 # response finish, then close; the bad request gets no answer.
                 cycle.keep_alive = False
