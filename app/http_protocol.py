@@ -164,7 +164,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 return
             msg = "Invalid HTTP request received."
             self.logger.warning(msg)
-            if self.cycle is not None and not self.cycle.response_complete:
+            if not self._in_body and self.cycle is not None and not self.cycle.response_complete:
                 # Bytes after a complete request (a body longer than its
                 # Content-Length, a smuggled request) are the next request:
                 # answer that one after the response in progress, not in it.
