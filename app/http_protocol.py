@@ -13,8 +13,10 @@ uvicorn does:
 - time between two body reads (``client_body_timeout``): ``408`` while no
   answer was started, else a close;
 - time between two writes the client lets through (``send_timeout``): a close;
-- an upgrade offer carrying a body (``Upgrade: h2c`` on a ``POST``): llhttp
-  would end that request at its head and lose its body, so it gets ``400``;
+- an upgrade offer (``Upgrade: h2c`` from ``curl --http2``) is declined
+  and the request served as HTTP/1.1 with its whole body, as nginx does
+  (llhttp ends such a request at its head; uvicorn then lost the body and
+  forwarded an empty one); a chunked one gets ``400``;
 - a body cut short by the client's half-close: ``400``, never forwarded;
 - bytes that do not parse after a complete request: uvicorn's ``400``, but
   after the response in progress instead of in the middle of it.
@@ -118,6 +120,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._linger_timer: asyncio.TimerHandle | None = None
+        self._declined_body = 0  # body bytes still due on a request whose upgrade offer was declined
 
     # -- connection ------------------------------------------------------
 
@@ -141,6 +144,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self._rejection is not None:
             return  # answered and closing: nothing more is read
+        if self._declined_body:
+            self._read_declined_body(data)
+            self._arm_body_timer()
+            return
         if self._in_head:
             if self._head_started is None:
                 self._head_started = self.loop.time()
@@ -149,14 +156,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._unparsed += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # As uvicorn: a websocket goes to its protocol; any other offer is
-            # ignored and the request served as HTTP/1.1 (one carrying a body
-            # was refused in on_headers_complete).
+        except httptools.HttpParserUpgrade as exc:
             if self._should_upgrade():
-                self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+                self.handle_websocket_upgrade()  # as uvicorn
+                return
+            # Any other offer is declined, as nginx does: the request is served
+            # as HTTP/1.1, with the body llhttp left unparsed read here.
+            rest = data[exc.args[0] :]
+            if self._declined_body:
+                self._read_declined_body(rest)
+            elif rest:
+                self.data_received(rest)
+            self._arm_body_timer()
             return
         except httptools.HttpParserError:
             if self._rejection is not None:
@@ -175,10 +186,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._in_head and self._head_bytes + self._unparsed > self._limits.max_head_bytes:
             self._reject(_Rejection("head_size", 431, self._head_too_large()))
-        elif self._in_body:
-            self._body_at = self.loop.time()
-            if self._body_timer is None:
-                self._body_timer = self.loop.call_later(self._limits.body_timeout, self._body_deadline)
+        else:
+            self._arm_body_timer()
+
+    def _arm_body_timer(self) -> None:
+        if self._in_body and self._body_timer is None and self._rejection is None:
+            self._body_timer = self.loop.call_later(self._limits.body_timeout, self._body_deadline)
+
+    def _read_declined_body(self, data: bytes) -> None:
+        """Body bytes of a request whose upgrade offer was declined; the rest goes to the parser."""
+        body = data[: self._declined_body]
+        self._declined_body -= len(body)
+        if body:
+            self.on_body(body)
+        if not self._declined_body:
+            self.on_message_complete()
+            rest = data[len(body) :]
+            if rest:
+                self.data_received(rest)
 
     # -- parser callbacks ------------------------------------------------
 
@@ -212,17 +237,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._head_started = None
         self._unparsed = 0
-        if self.parser.should_upgrade() and _has_body(self.headers):
-            # llhttp ends an upgrade request at its head: its body would be
-            # lost and an empty one forwarded in its place.
-            self._stop(
-                _Rejection(
-                    "upgrade_body",
-                    400,
-                    "a request offering a protocol upgrade must not carry a body; "
-                    "send it without the Upgrade header",
+        if self.parser.should_upgrade() and not self._should_upgrade():
+            # An offer the proxy declines (h2c from `curl --http2`). llhttp ends
+            # such a request at its head, so its body is read by hand after it.
+            length = _declared_body(self.headers)
+            if length is None:
+                self._stop(
+                    _Rejection(
+                        "upgrade_body",
+                        400,
+                        "a chunked request offering a protocol upgrade is not supported; "
+                        "send it without the Upgrade header",
+                    )
                 )
-            )
+            self._declined_body = length
         super().on_headers_complete()
         self._in_body = True
         self._body_at = self.loop.time()
@@ -232,6 +260,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_body(body)
 
     def on_message_complete(self) -> None:
+        if self._declined_body:
+            return  # llhttp's early end of an upgrade request: the body is still to come
         self._in_body = False
         self._in_head = True
         super().on_message_complete()
@@ -376,13 +406,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         return f"request head larger than {self._limits.max_head_bytes} bytes"
 
 
-def _has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+def _declared_body(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The Content-Length of a request llhttp has validated; None for a chunked one."""
+    length = 0
     for name, value in headers:
         if name == b"transfer-encoding":
-            return True
-        if name == b"content-length" and value.strip() not in (b"", b"0"):
-            return True
-    return False
+            return None
+        if name == b"content-length":
+            length = int(value)
+    return length
 
 
 def limited_protocol(limits: ClientLimits, on_violation: OnViolation) -> Callable[..., asyncio.Protocol]:
