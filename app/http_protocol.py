@@ -149,8 +149,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._arm_body_timer()
             return
         if self._in_head:
-            if self._head_started is None:
-                self._head_started = self.loop.time()
             if self._header_timer is None:
                 self._header_timer = self.loop.call_later(self._limits.header_timeout, self._header_deadline)
             self._unparsed += len(data)
@@ -209,6 +207,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        if self._head_started is None:  # a new connection's clock started when it opened
+            self._head_started = self.loop.time()
         self._in_head = True
         self._head_bytes = 0
         self._unparsed = 0
@@ -236,7 +236,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_started = None
-        self._unparsed = 0
+        self._unparsed = self._head_bytes = 0
         if self.parser.should_upgrade() and not self._should_upgrade():
             # An offer the proxy declines (h2c from `curl --http2`). llhttp ends
             # such a request at its head, so its body is read by hand after it.
@@ -285,12 +285,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.send_400_response(rejection.message)
             return
         super().on_response_complete()
-        if (
-            self._in_head
-            and self._unparsed
-            and self._header_timer is None
-            and not self.transport.is_closing()
-        ):
+        pending_head = self._in_head and (self._unparsed or self._head_bytes)
+        if pending_head and self._header_timer is None and not self.transport.is_closing():
             # Part of a pipelined head waited behind this response: its clock starts now.
             self._head_started = self.loop.time()
             self._header_timer = self.loop.call_later(self._limits.header_timeout, self._header_deadline)

@@ -27,9 +27,8 @@ DECLARED = 25 * MIB  # HyperbyteDB's largest body
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # A buffered-bytes cap two declared bodies would exhaust if declarations were reserved.
-    with client_stack(
-        tmp_path_factory.mktemp("limits"), max_buffered_bytes=str(2 * DECLARED), **SHORT_TIMEOUTS
-    ) as s:
+    limits = {"max_buffered_bytes": str(2 * DECLARED), "keepalive_timeout_secs": "4", **SHORT_TIMEOUTS}
+    with client_stack(tmp_path_factory.mktemp("limits"), **limits) as s:
         yield s
 
 
@@ -149,6 +148,28 @@ def test_silent_connection_is_closed_after_the_header_timeout(stack: Stack) -> N
     with connection(stack.host, stack.port) as client:
         assert client.closed_within(10)
         assert client.read_response(timeout=0.1) is None  # closed without an answer
+
+
+def test_idle_keep_alive_connection_outlives_the_header_timeout_then_closes(stack: Stack) -> None:
+    """Between requests the keep-alive timeout (4 s here) applies, not the header timeout (1 s)."""
+    with connection(stack.host, stack.port) as client:
+        client.send(request("GET", "/ping"))
+        first = client.read_response()
+        time.sleep(2)
+        client.send(request("GET", "/ping"))
+        second = client.read_response()
+        assert first is not None and second is not None and (first.status, second.status) == (204, 204)
+        assert client.closed_within(15)
+        assert client.read_response(timeout=0.1) is None  # closed quietly, no 408
+
+
+def test_pipelined_slow_head_behind_a_response_still_times_out(stack: Stack) -> None:
+    with connection(stack.host, stack.port) as client:
+        client.send(request("GET", "/ping") + b"GET /ping HTTP/1.1\r\nHost: proxy\r\nX-Half: ")
+        first = client.read_response()
+        second = client.read_response()
+    assert first is not None and first.status == 204
+    assert second is not None and second.status == 408
 
 
 def test_body_that_never_arrives_times_out_and_holds_nothing(stack: Stack) -> None:
