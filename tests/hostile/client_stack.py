@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import httpx
 from sim.dns import DNSServer
 from sim.processes import NodeProcess, ProxyProcess, free_port_on_all
 
+REPO = Path(__file__).parents[2]
 NODE_IP = "127.0.0.2"
 SERVICE = "hyperbytedb.test"
 
@@ -53,8 +55,11 @@ class Stack:
 
 
 @contextlib.contextmanager
-def client_stack(log_dir: Path, **proxy_env: str) -> Iterator[Stack]:
-    """A proxy (``python -m app``) in front of one node, both stopped on exit whatever happens."""
+def client_stack(log_dir: Path, *, gunicorn_workers: int | None = None, **proxy_env: str) -> Iterator[Stack]:
+    """A proxy in front of one node, both stopped on exit whatever happens.
+
+    The proxy is ``python -m app``, or gunicorn with ``gunicorn_workers`` workers.
+    """
     port = free_port_on_all((NODE_IP,))
     with DNSServer(host="127.0.0.1", port=0) as dns:
         dns.set_records(SERVICE, [NODE_IP])
@@ -69,7 +74,13 @@ def client_stack(log_dir: Path, **proxy_env: str) -> Iterator[Stack]:
             "LOG_FORMAT": "json",
             **{f"HYPERBYTEDB_PROXY_{key.upper()}": value for key, value in proxy_env.items()},
         }
-        proxy = ProxyProcess(env, log_dir=log_dir)
+        argv = None
+        if gunicorn_workers is not None:
+            env["HYPERBYTEDB_PROXY_WORKERS"] = str(gunicorn_workers)
+            env["PROMETHEUS_MULTIPROC_DIR"] = str(log_dir / "prometheus")
+            config = str(REPO / "gunicorn.conf.py")
+            argv = [sys.executable, "-m", "gunicorn", "-c", config, "app.main:create_app_from_env()"]
+        proxy = ProxyProcess(env, argv=argv, log_dir=log_dir)
         try:
             node.start().wait_ready()
             proxy.start().wait_ready(timeout=20)
