@@ -111,7 +111,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_started: float | None = None
         self._head_bytes = 0  # URL and complete headers, as the parser reported them
-        self._unparsed = 0  # bytes received since, still inside the parser's buffers
+        self._head_received = 0  # bytes received while a head was incomplete
         self._header_count = 0
         self._header_timer: asyncio.TimerHandle | None = None
         # Body: when its last bytes arrived.
@@ -151,7 +151,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             if self._header_timer is None:
                 self._header_timer = self.loop.call_later(self._limits.header_timeout, self._header_deadline)
-            self._unparsed += len(data)
+            self._head_received += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -182,7 +182,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 return
             self.send_400_response(msg)
             return
-        if self._in_head and self._head_bytes + self._unparsed > self._limits.max_head_bytes:
+        if self._in_head and max(self._head_bytes, self._head_received) > self._limits.max_head_bytes:
             self._reject(_Rejection("head_size", 431, self._head_too_large()))
         else:
             self._arm_body_timer()
@@ -211,20 +211,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._head_started = self.loop.time()
         self._in_head = True
         self._head_bytes = 0
-        self._unparsed = 0
         self._header_count = 0
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         self._head_bytes += len(url)
-        self._unparsed = 0
         if self._head_bytes > self._limits.max_head_bytes:
             self._stop(_Rejection("head_size", 431, self._head_too_large()))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         self._head_bytes += len(name) + len(value) + HEADER_OVERHEAD
-        self._unparsed = 0
         if self._header_count > self._limits.max_headers:
             self._stop(
                 _Rejection("header_count", 431, f"more than {self._limits.max_headers} request headers")
@@ -236,7 +233,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._head_started = None
-        self._unparsed = self._head_bytes = 0
+        self._head_received = self._head_bytes = 0
         if self.parser.should_upgrade() and not self._should_upgrade():
             # An offer the proxy declines (h2c from `curl --http2`). llhttp ends
             # such a request at its head, so its body is read by hand after it.
@@ -285,7 +282,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.send_400_response(rejection.message)
             return
         super().on_response_complete()
-        pending_head = self._in_head and (self._unparsed or self._head_bytes)
+        pending_head = self._in_head and (self._head_received or self._head_bytes)
         if pending_head and self._header_timer is None and not self.transport.is_closing():
             # Part of a pipelined head waited behind this response: its clock starts now.
             self._head_started = self.loop.time()
@@ -316,7 +313,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if left > 0:
             self._header_timer = self.loop.call_later(left, self._header_deadline)
             return
-        if self._unparsed or self._head_bytes:
+        if self._head_received or self._head_bytes:
             self._reject(_Rejection("header_timeout", 408, "the request head did not arrive in time"))
         else:
             self._violated("header_timeout", "no request arrived in time; closing the connection")
