@@ -110,7 +110,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # Head: bytes and headers of the head being received, and when it began.
         self._in_head = True
         self._head_started: float | None = None
-        self._head_bytes = 0  # URL and complete headers, as the parser reported them
+        self._head_bytes = 0  # complete header lines, as the parser reported them
         self._head_received = 0  # bytes received while a head was incomplete
         self._header_count = 0
         self._header_timer: asyncio.TimerHandle | None = None
@@ -146,7 +146,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return  # answered and closing: nothing more is read
         if self._declined_body:
             self._read_declined_body(data)
-            self._arm_body_timer()
+            self._body_progress()
             return
         if self._in_head:
             if self._header_timer is None:
@@ -165,7 +165,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._read_declined_body(rest)
             elif rest:
                 self.data_received(rest)
-            self._arm_body_timer()
+            self._body_progress()
             return
         except httptools.HttpParserError:
             if self._rejection is not None:
@@ -185,11 +185,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and max(self._head_bytes, self._head_received) > self._limits.max_head_bytes:
             self._reject(_Rejection("head_size", 431, self._head_too_large()))
         else:
-            self._arm_body_timer()
+            self._body_progress()
 
-    def _arm_body_timer(self) -> None:
-        if self._in_body and self._body_timer is None and self._rejection is None:
-            self._body_timer = self.loop.call_later(self._limits.body_timeout, self._body_deadline)
+    def _body_progress(self) -> None:
+        """Body bytes were read (or the body began): the body timeout counts from now."""
+        if self._in_body and self._rejection is None:
+            self._body_at = self.loop.time()
+            if self._body_timer is None:
+                self._body_timer = self.loop.call_later(self._limits.body_timeout, self._body_deadline)
 
     def _read_declined_body(self, data: bytes) -> None:
         """Body bytes of a request whose upgrade offer was declined; the rest goes to the parser."""
@@ -213,12 +216,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._header_count = 0
 
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        self._head_bytes += len(url)
-        if self._head_bytes > self._limits.max_head_bytes:
-            self._stop(_Rejection("head_size", 431, self._head_too_large()))
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
         self._head_bytes += len(name) + len(value) + HEADER_OVERHEAD
@@ -231,6 +228,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        if self._head_bytes + len(self.url) > self._limits.max_head_bytes:
+            self._stop(_Rejection("head_size", 431, self._head_too_large()))
         self._in_head = False
         self._head_started = None
         self._head_received = self._head_bytes = 0
@@ -250,11 +249,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._declined_body = length
         super().on_headers_complete()
         self._in_body = True
-        self._body_at = self.loop.time()
-
-    def on_body(self, body: bytes) -> None:
-        self._body_at = self.loop.time()
-        super().on_body(body)
 
     def on_message_complete(self) -> None:
         if self._declined_body:

@@ -72,6 +72,8 @@ def client_stack(log_dir: Path, *, gunicorn_workers: int | None = None, **proxy_
             "HYPERBYTEDB_PROXY_DISCOVERY_INTERVAL_SECS": "1",
             "HYPERBYTEDB_PROXY_HOLD_TIMEOUT_SECS": "5",
             "LOG_FORMAT": "json",
+            # Every path is forwarded: the tests read what arrived through the node's /_sim/ probes.
+            "HYPERBYTEDB_PROXY_PUBLIC_PATHS": "*",
             **{f"HYPERBYTEDB_PROXY_{key.upper()}": value for key, value in proxy_env.items()},
         }
         argv = None
