@@ -396,7 +396,7 @@ class ProxyEndpoint:
             had_length=had_length,
             client_ip=client[0] if client else None,
             scheme=scope.get("scheme", "http"),
-            trusted=self._trusted.trusts(client[0]) if client and self._trusted else False,
+            trusted=self._trusted.trusts(client[0] if client else None),
         )
         extensions = {"timeout": self._timeouts, "target": target}
         return httpx.Request(
