@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Scope = dict[str, object]
+Scope = Mapping[str, Any]
 
 
 class TrustedProxies:
@@ -57,7 +58,7 @@ def client_address(scope: Scope, trusted: TrustedProxies) -> str | None:
     if not trusted.trusts(peer):
         return peer
     hops: list[str] = []
-    for name, value in scope.get("headers", ()):  # type: ignore[attr-defined]
+    for name, value in scope.get("headers", ()):
         if name == b"x-forwarded-for":
             hops += (hop.strip() for hop in value.decode("latin-1").split(","))
     hops = [hop for hop in hops if hop]
