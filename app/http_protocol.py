@@ -260,7 +260,14 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def eof_received(self) -> bool | None:
         """The client half-closed: a body cut short of its Content-Length gets 400, not a forward."""
         cycle = self.cycle
-        if self._in_body and cycle is not None and not cycle.response_started and self._rejection is None:
+        queued = bool(self.pipeline)  # its answer would cut into an earlier response
+        if (
+            self._in_body
+            and cycle is not None
+            and not cycle.response_started
+            and not queued
+            and not self._rejection
+        ):
             self._reject(_Rejection("incomplete_body", 400, "request body ended before its declared length"))
             return True  # keep the connection open for the answer; _reject closes it
         return None
@@ -318,7 +325,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if not self._in_body or self.transport.is_closing():
             return
         now = self.loop.time()
-        if self.flow.read_paused:
+        if self.flow.read_paused or self.pipeline:
             self._body_at = now  # the proxy stopped reading, not the client
         left = self._body_at + self._limits.body_timeout - now
         if left > 0:
