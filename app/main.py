@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -14,7 +13,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.admin import admin_routes
 from app.discovery import Resolver, SystemResolver
 from app.metrics import Metrics
-from app.settings import Settings, load_settings_or_exit, warn_unknown_variables
+from app.settings import Settings
 from app.state import ProxyState
 
 
@@ -75,20 +74,11 @@ class ProxyApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def configure_process() -> Settings:
-    """Settings and logging for a process that serves the proxy; exits 2 on a bad environment."""
-    from app.logs import setup_logging
-    from app.proxy import UpstreamAborted
-
-    settings = load_settings_or_exit()
-    setup_logging(settings.log_format, settings.log_level, quiet_exceptions=(UpstreamAborted,))
-    warn_unknown_variables(os.environ)
-    return settings
-
-
 def create_app_from_env() -> Starlette:
     """Factory for servers that import the app by name (gunicorn, ``uvicorn --factory``).
 
     Such a server owns the process, so this also configures it (logging included).
     """
+    from app.__main__ import configure_process
+
     return create_app(configure_process())

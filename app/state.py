@@ -39,7 +39,7 @@ class ProxyState:
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
         self.pool = BackendPool(settings.backend_port)
         self.pool.add_listener(self._on_transition)
         self.upstream = forward_transport or UpstreamTransport()
@@ -58,7 +58,9 @@ class ProxyState:
         )
         self.proxy = ProxyEndpoint(settings, self.pool, self.forward_client, self.metrics, self.retry_budget)
         self.health = HealthChecker(settings, self.pool, self.probe_client, self.metrics)
-        self.exclusions = ExclusionStore(shared_exclusions_path() if settings.workers > 1 else None)
+        self.exclusions = ExclusionStore(
+            shared_exclusions_path(settings.prometheus_multiproc_dir) if settings.workers > 1 else None
+        )
         self.discovery = Discovery(
             settings,
             self.pool,
