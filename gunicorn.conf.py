@@ -57,12 +57,9 @@ timeout = 30
 # still running after this many seconds. Gunicorn wants a whole number.
 graceful_timeout = math.ceil(_settings.shutdown_grace_secs)
 
-# Idle keep-alive of client connections (the uvicorn worker passes it to
-# uvicorn's timeout_keep_alive). Longer than uvicorn's 5 s default so that
-# long-lived clients such as Telegraf and Grafana reuse their connections,
-# yet below the 90 s idle timeout of Go's HTTP client, so the server's close
-# does not race a client that is about to send on the same connection.
-keepalive = 75
+# Idle keep-alive of client connections: HYPERBYTEDB_PROXY_KEEPALIVE_TIMEOUT_SECS
+# (the worker also sets it on uvicorn directly).
+keepalive = _settings.keepalive_timeout_secs
 
 # --- logging ------------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 Hop-by-hop headers describe one connection, not the message (RFC 9110
 section 7.6.1), so they are dropped along with any header a ``Connection``
-header names.  Everything else passes unchanged and in order.
+header names.  The forwarding headers (``X-Forwarded-*``, ``X-Real-IP``,
+``Forwarded``) are believed only from a trusted forwarder (see
+:mod:`app.forwarded`); from anyone else they are replaced by what the proxy
+saw.  Everything else passes unchanged and in order.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ HOP_BY_HOP = frozenset(
         b"trailer",
         b"transfer-encoding",
         b"upgrade",
+        b"http2-settings",  # part of an h2c upgrade offer, which is never accepted
     }
 )
 
@@ -29,6 +33,13 @@ HOP_BY_HOP = frozenset(
 # no 100-continue handshake (the body is already read).
 REPLACED_ON_REQUEST = frozenset({b"host", b"content-length", b"expect"})
 _NOT_FORWARDED = HOP_BY_HOP | REPLACED_ON_REQUEST
+
+# What a client says about where a request came from; believed only from a
+# trusted forwarder, else replaced (X-Forwarded-For, X-Forwarded-Proto) or removed.
+FORWARDING = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"}
+)
+_NOT_FORWARDED_UNTRUSTED = _NOT_FORWARDED | FORWARDING
 
 
 def _connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
@@ -47,10 +58,17 @@ def request_headers(
     had_length: bool,
     client_ip: str | None,
     scheme: str,
+    trusted: bool = False,
 ) -> list[Header]:
-    """The headers to send a backend for a client's request (names as uvicorn gives them: lowercase)."""
+    """The headers to send a backend for a client's request (names as uvicorn gives them: lowercase).
+
+    ``trusted``: the peer is a trusted forwarder, whose forwarding headers are
+    kept (``X-Forwarded-For`` appended to).
+    """
     tokens = _connection_tokens(headers)
-    dropped = _NOT_FORWARDED | tokens if tokens else _NOT_FORWARDED
+    dropped = _NOT_FORWARDED if trusted else _NOT_FORWARDED_UNTRUSTED
+    if tokens:
+        dropped = dropped | tokens
     out: list[Header] = [(b"host", host)]
     forwarded_for: list[bytes] = []
     has_proto = False

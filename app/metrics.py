@@ -30,6 +30,10 @@ LATENCY_BUCKETS = (
 
 OUTCOMES = ("ok", "fatal", "exhausted", "no_backend", "timeout", "rejected", "overloaded", "client_closed")
 EJECTED = "ejected"  # the backends gauge's label for backends out by outlier detection
+CLIENT_LIMITS = (
+    "head_size", "header_count", "header_timeout", "body_timeout", "send_timeout", "upgrade_body",
+    "incomplete_body",
+)  # fmt: skip
 RETRY_REASONS = ("connect", "transport", "status_502", "status_504", "drain_503", "timeout")
 
 
@@ -133,6 +137,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.client_limit_violations = Counter(
+            "hyperbytedb_proxy_client_limit_violations_total",
+            "Client connections answered 4xx or closed for breaking a client-side limit, by limit.",
+            ["limit"],
+            registry=r,
+        )
+        self.client_limit = {name: self.client_limit_violations.labels(name) for name in CLIENT_LIMITS}
         self.discovery_errors = Counter(
             "hyperbytedb_proxy_discovery_errors_total",
             "DNS resolutions of the backend service that failed (the pool was kept).",
@@ -157,6 +168,9 @@ class Metrics:
         for health in Health:
             self.backends.labels(health.value).set(0)
         self.backends.labels(EJECTED).set(0)
+
+    def count_client_violation(self, limit: str) -> None:
+        self.client_limit[limit].inc()
 
     def set_backend_load(self, backends: Sequence[Backend]) -> None:
         """Per-backend in-flight and errors; series of backends that left the pool are dropped."""

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from app.backend import Backend
+from app.forwarded import TrustedProxies, client_address
 from app.headers import request_headers, response_headers
 from app.logs import redact_query
 from app.metrics import OUTCOMES, Metrics
@@ -113,6 +114,7 @@ class ProxyEndpoint:
             pool, consecutive_failures=0, ejection_secs=settings.outlier_ejection_secs, max_ejected_percent=0
         )
         self._max_body = settings.max_body_bytes
+        self._trusted = TrustedProxies(settings.trusted_proxies)
         self._timeouts = {
             "connect": settings.connect_timeout_ms / 1000,
             "read": settings.request_timeout_secs,
@@ -183,17 +185,21 @@ class ProxyEndpoint:
     async def _read_body(
         self, scope: Scope, receive: Receive, exchange: _Exchange
     ) -> tuple[bytes | None, int]:
-        """Read the whole body within the limits, or answer the client and return None."""
+        """Read the whole body within the limits, or answer the client and return None.
+
+        Bytes are reserved against MAX_BUFFERED_BYTES as they arrive, not on
+        the declared length: a client that declares 25 MiB and sends nothing
+        holds nothing (and the client body timeout ends it).  A body that
+        does not match its Content-Length is never forwarded.
+        """
         declared = _declared_length(scope["headers"])
         if declared is not None and declared > self._max_body:
             await self._reject_too_large(exchange, declared)
             return None, 0
         reserved = 0
+        size = 0
         try:
-            if declared:
-                reserved = self._reserve(declared)
             chunks: list[bytes] = []
-            size = 0
             more = True
             while more:
                 message = await receive()
@@ -205,8 +211,7 @@ class ProxyEndpoint:
                     size += len(chunk)
                     if size > self._max_body:
                         raise _TooLarge
-                    if size > reserved:
-                        reserved += self._reserve(size - reserved)
+                    reserved += self._reserve(len(chunk))
                     chunks.append(chunk)
         except _TooLarge:
             self._release(reserved)
@@ -220,6 +225,12 @@ class ProxyEndpoint:
         except BaseException:
             self._release(reserved)
             raise
+        if declared is not None and size != declared:
+            self._release(reserved)
+            exchange.outcome = "rejected"
+            message = f"request body of {size} bytes does not match its Content-Length of {declared}"
+            await exchange.error(400, message, close=True)
+            return None, 0
         exchange.had_length = declared is not None
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), reserved
 
@@ -389,6 +400,7 @@ class ProxyEndpoint:
             had_length=had_length,
             client_ip=client[0] if client else None,
             scheme=scope.get("scheme", "http"),
+            trusted=self._trusted.trusts(client[0] if client else None),
         )
         extensions = {"timeout": self._timeouts, "target": target}
         return httpx.Request(
@@ -464,7 +476,6 @@ class ProxyEndpoint:
         self._metrics.request_duration.observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             scope = exchange.scope
-            client = scope.get("client")
             access_log.info(
                 "request",
                 extra={
@@ -478,7 +489,7 @@ class ProxyEndpoint:
                         "attempts": exchange.attempts,
                         "held_ms": round(exchange.held * 1000, 1),
                         "duration_ms": round(elapsed * 1000, 2),
-                        "client": client[0] if client else None,
+                        "client": client_address(scope, self._trusted),
                     }
                 },
             )

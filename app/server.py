@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import importlib.util
@@ -17,32 +18,40 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
+from app.http_protocol import ClientLimits, limited_protocol
 from app.settings import Settings
 
 log = logging.getLogger("hyperbytedb_proxy")
 
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 WATCHDOG_MARGIN_SECS = 5.0
-KEEP_ALIVE_SECS = 75  # longer than common client idle timeouts, as nginx does
+
+
+def http_protocol(app: Starlette) -> Callable[..., asyncio.Protocol]:
+    """uvicorn's httptools protocol bounded by the client-side limits (both servers use it).
+
+    There is no h11 fallback: h11 cannot enforce the timeouts, and httptools
+    is a dependency (uvicorn[standard]) wherever the proxy installs.
+    """
+    state = app.state.proxy
+    return limited_protocol(ClientLimits.from_settings(state.settings), state.metrics.count_client_violation)
 
 
 def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
-    fast = (
-        importlib.util.find_spec("uvloop") is not None and importlib.util.find_spec("httptools") is not None
-    )
+    fast = importlib.util.find_spec("uvloop") is not None
     return uvicorn.Config(
         app,
         host=settings.listen.host,
         port=settings.listen.port,
         loop="uvloop" if fast else "asyncio",
-        http="httptools" if fast else "h11",
+        http=http_protocol(app),
         lifespan="on",
         log_config=None,
         access_log=False,
         server_header=False,  # the client sees the backend's Server and Date, once
         date_header=False,
         proxy_headers=False,  # X-Forwarded-For must name the real peer
-        timeout_keep_alive=KEEP_ALIVE_SECS,
+        timeout_keep_alive=settings.keepalive_timeout_secs,
         timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_secs),
     )
 

@@ -135,6 +135,32 @@ class Settings(BaseSettings):
         ge=1,
         description="Most request-body bytes buffered at once across all requests (503 above it).",
     )
+    max_header_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        description="Largest request head (request line and headers) accepted (431 above it).",
+    )
+    max_headers: int = Field(default=100, ge=1, description="Most request headers accepted (431 above it).")
+    client_header_timeout_secs: float = Field(
+        default=60,
+        gt=0,
+        description="Longest wait for a whole request head (a new connection's first one included).",
+    )
+    client_body_timeout_secs: float = Field(
+        default=60, gt=0, description="Longest silence between two reads of a request body."
+    )
+    send_timeout_secs: float = Field(
+        default=60,
+        gt=0,
+        description="Longest time a client may leave its response unread before it is disconnected.",
+    )
+    keepalive_timeout_secs: int = Field(
+        default=75, ge=1, description="How long an idle client connection is kept open between requests."
+    )
+    trusted_proxies: Annotated[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated CIDRs of forwarders whose X-Forwarded-* headers are believed.",
+    )
     shutdown_grace_secs: float = Field(
         default=30, ge=0, description="Longest drain of in-flight requests after SIGTERM."
     )
@@ -234,6 +260,14 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_nameservers(cls, value: Any) -> Any:
         return parse_nameservers(value) if isinstance(value, str) else value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        items = filter(None, (part.strip() for part in value.split(",")))
+        return tuple(ipaddress.ip_network(item, strict=False) for item in items)
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod

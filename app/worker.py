@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
-from app.server import KEEP_ALIVE_SECS, ProxyServer
+from app.server import ProxyServer, http_protocol
 
 
 class ProxyWorker(UvicornWorker):
@@ -26,13 +26,16 @@ class ProxyWorker(UvicornWorker):
         "server_header": False,
         "date_header": False,
         "proxy_headers": False,
-        "timeout_keep_alive": KEEP_ALIVE_SECS,
     }
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
         state = self.wsgi.state.proxy
         grace = state.settings.shutdown_grace_secs
+        # The worker's Config was built before the app was loaded; the
+        # protocol and keep-alive need the app's settings and metrics.
+        self.config.http = http_protocol(self.wsgi)
+        self.config.timeout_keep_alive = state.settings.keepalive_timeout_secs
         self.config.timeout_graceful_shutdown = math.ceil(grace)
         server = ProxyServer(self.config, on_stop=state.begin_shutdown, grace_secs=grace)
         self._install_sigquit_handler()

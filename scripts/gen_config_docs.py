@@ -87,6 +87,18 @@ SECTIONS: list[tuple[str, list[str]]] = [
         ["outlier_consecutive_failures", "outlier_ejection_secs", "outlier_max_ejected_percent"],
     ),
     ("Limits and overload", ["max_body_bytes", "max_pending", "max_buffered_bytes"]),
+    (
+        "Client connections",
+        [
+            "max_header_bytes",
+            "max_headers",
+            "client_header_timeout_secs",
+            "client_body_timeout_secs",
+            "send_timeout_secs",
+            "keepalive_timeout_secs",
+            "trusted_proxies",
+        ],
+    ),
     ("Shutdown", ["shutdown_grace_secs"]),
     ("Admin", ["admin_token"]),
     ("Peer replicas", ["peer_service", "peer_timeout_secs"]),
@@ -240,6 +252,47 @@ DOCS: dict[str, Doc] = {
         note="Counted per worker process: the memory limit must leave room for this much per worker. "
         "A request over the cap is answered at once, with `Retry-After`, and counted as "
         '`outcome="overloaded"`.',
+    ),
+    "max_header_bytes": Doc(
+        helm=("clients.maxHeaderBytes",),
+        note="The request line and every header line count. nginx: `large_client_header_buffers` "
+        "(4 x 8k); above it the client gets `431` and the connection is closed. "
+        "See [Client limits](limits.md).",
+    ),
+    "max_headers": Doc(
+        helm=("clients.maxHeaders",),
+        note="nginx has no count of its own (its buffers bound it); above it the client gets `431`.",
+    ),
+    "client_header_timeout_secs": Doc(
+        helm=("clients.headerTimeoutSecs",),
+        note="nginx: `client_header_timeout`. A part-sent head gets `408` and a close; a new "
+        "connection that sends nothing is closed without an answer.",
+    ),
+    "client_body_timeout_secs": Doc(
+        helm=("clients.bodyTimeoutSecs",),
+        note="nginx: `client_body_timeout` (between two reads, not for the whole body). `408` and a "
+        "close; the bytes the request had buffered are released at once.",
+    ),
+    "send_timeout_secs": Doc(
+        helm=("clients.sendTimeoutSecs",),
+        note="nginx: `send_timeout`. Counted while the client reads nothing of a response the "
+        "proxy has waiting for it; the connection is then closed.",
+    ),
+    "keepalive_timeout_secs": Doc(
+        helm=("clients.keepAliveTimeoutSecs",),
+        note="nginx: `keepalive_timeout` (75 s). Below the 90 s idle timeout of Go's HTTP client, so "
+        "the proxy's close does not race a client about to reuse the connection. Under gunicorn it "
+        "is also gunicorn's `keepalive`.",
+    ),
+    "trusted_proxies": Doc(
+        helm=("clients.trustedProxies",),
+        helm_note="a list, joined with commas",
+        default="unset (no peer is trusted)",
+        accepted="CIDRs or IP addresses, comma-separated",
+        note="nginx: `set_real_ip_from` with `real_ip_recursive on`. From any other peer, "
+        "`X-Forwarded-For` and `X-Forwarded-Proto` are replaced by what the proxy saw and "
+        "`X-Forwarded-Host`, `X-Real-IP` and `Forwarded` are removed. "
+        "See [Trusted forwarders](limits.md#trusted-forwarders).",
     ),
     "shutdown_grace_secs": Doc(
         helm=("shutdown.graceSecs",),

@@ -58,6 +58,13 @@ VALUES_OF_FIELD: dict[str, tuple[str, Any, str | SecretRef]] = {
     "max_body_bytes": ("limits.maxBodyBytes", 1000000, "1000000"),
     "max_pending": ("limits.maxPending", 64, "64"),
     "max_buffered_bytes": ("limits.maxBufferedBytes", 1073741824, "1073741824"),
+    "max_header_bytes": ("clients.maxHeaderBytes", 1048576, "1048576"),
+    "max_headers": ("clients.maxHeaders", 200, "200"),
+    "client_header_timeout_secs": ("clients.headerTimeoutSecs", 12.5, "12.5"),
+    "client_body_timeout_secs": ("clients.bodyTimeoutSecs", 30, "30"),
+    "send_timeout_secs": ("clients.sendTimeoutSecs", 120, "120"),
+    "keepalive_timeout_secs": ("clients.keepAliveTimeoutSecs", 30, "30"),
+    "trusted_proxies": ("clients.trustedProxies", ["10.0.0.0/8", "fd00::/8"], "10.0.0.0/8,fd00::/8"),
     "shutdown_grace_secs": ("shutdown.graceSecs", 12.5, "12.5"),
     "self_ip": ("selfIp", "10.1.2.3", "10.1.2.3"),
     "dns_nameservers": (
@@ -350,9 +357,11 @@ def test_schema_matches_the_settings_model(field: str) -> None:
         assert "number" in types  # numeric strings are accepted too (helm --set)
         integer = False
     else:
-        # Composite settings (listen, dns_nameservers, admin_token) are
+        # Composite settings (listen, dns_nameservers, admin_token, trusted_proxies) are
         # covered by the render tests.
-        assert field in {"listen", "dns_nameservers", "admin_token"}, f"unhandled type {annotation}"
+        assert field in {"listen", "dns_nameservers", "admin_token", "trusted_proxies"}, (
+            f"unhandled type {annotation}"
+        )
         return
 
     for bound in info.metadata:

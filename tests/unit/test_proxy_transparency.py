@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import logging
@@ -58,7 +59,7 @@ async def test_buffered_bytes_cap_answers_503() -> None:
 
 
 async def test_backend_gets_exact_end_to_end_headers_and_body() -> None:
-    h = Harness()
+    h = Harness(trusted_proxies="127.0.0.9")  # the client's X-Forwarded-For is believed and appended to
     h.backends.route().mock(return_value=httpx.Response(204))
     body = gzip.compress(b"cpu,host=a usage=1 1700000000000000000\n")
     client_headers = [
@@ -151,3 +152,71 @@ async def test_access_log_line_and_redaction(caplog: pytest.LogCaptureFixture) -
     assert fields["backend"] == "127.0.0.2:8086" and fields["attempts"] == 1 and fields["duration_ms"] >= 0
     assert "hunter2" not in fields["query"] and "u=admin" in fields["query"]
     assert "c2VjcmV0" not in caplog.text and "hunter2" not in caplog.text
+
+
+async def test_body_shorter_than_its_content_length_is_never_forwarded() -> None:
+    h = Harness()
+    route = h.backends.route().mock(return_value=httpx.Response(204))
+
+    async def app_receive_short() -> None:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/write",
+            "raw_path": b"/write",
+            "query_string": b"db=x",
+            "headers": [(b"content-length", b"10")],
+            "client": ("127.0.0.9", 1),
+        }
+        messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
+        sent: list[dict[str, object]] = []
+
+        async def receive() -> dict[str, object]:
+            return next(messages)
+
+        async def send(message: dict[str, object]) -> None:
+            sent.append(message)
+
+        await h.state.proxy(scope, receive, send)
+        assert sent[0]["status"] == 400
+        assert b"does not match its Content-Length" in sent[1]["body"]  # type: ignore[operator]
+
+    async with h.running():
+        await app_receive_short()
+    assert not route.called
+    assert h.metric("hyperbytedb_proxy_buffered_request_bytes") == 0
+
+
+async def test_bytes_are_reserved_as_they_arrive_not_on_the_declared_length() -> None:
+    h = Harness(max_buffered_bytes=1000)
+    h.backends.route().mock(return_value=httpx.Response(204))
+    async with h.running():
+        # Declared 900 bytes, not sent yet: nothing is held, so another write still fits.
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/write",
+            "raw_path": b"/write",
+            "query_string": b"db=x",
+            "headers": [(b"content-length", b"900")],
+            "client": ("127.0.0.9", 1),
+        }
+        gate: asyncio.Event = asyncio.Event()
+        chunks = [b"x" * 450, b"x" * 450]
+
+        async def receive() -> dict[str, object]:
+            await gate.wait()
+            chunk = chunks.pop(0)
+            return {"type": "http.request", "body": chunk, "more_body": bool(chunks)}
+
+        async def send(message: dict[str, object]) -> None:
+            pass
+
+        slow = asyncio.ensure_future(h.state.proxy(scope, receive, send))
+        await asyncio.sleep(0.01)
+        assert h.metric("hyperbytedb_proxy_buffered_request_bytes") == 0
+        other = await h.client.post("/write?db=x", content=b"y" * 800)
+        assert other.status_code == 204
+        gate.set()
+        await asyncio.wait_for(slow, 5)
+    assert h.metric("hyperbytedb_proxy_buffered_request_bytes") == 0

@@ -81,6 +81,15 @@ def test_missing_backend_service_is_named() -> None:
         ("HYPERBYTEDB_PROXY_DNS_NAMESERVERS", "dns.google", "IPv4 or IPv6"),
         ("HYPERBYTEDB_PROXY_DNS_NAMESERVERS", "127.0.0.1:abc", "not a number"),
         ("HYPERBYTEDB_PROXY_RETRY_ON_TIMEOUT", "maybe", "valid boolean"),
+        ("HYPERBYTEDB_PROXY_TRUSTED_PROXIES", "10.0.0.0/33", "does not appear to be an IPv4 or IPv6 network"),
+        (
+            "HYPERBYTEDB_PROXY_TRUSTED_PROXIES",
+            "ingress.local",
+            "does not appear to be an IPv4 or IPv6 network",
+        ),
+        ("HYPERBYTEDB_PROXY_MAX_HEADER_BYTES", "64k", "valid integer"),
+        ("HYPERBYTEDB_PROXY_CLIENT_BODY_TIMEOUT_SECS", "0", "greater than 0"),
+        ("HYPERBYTEDB_PROXY_KEEPALIVE_TIMEOUT_SECS", "1.5", "valid integer"),
         ("LOG_FORMAT", "xml", "'text' or 'json'"),
         ("LOG_LEVEL", "loud", "'debug'"),
     ],
@@ -197,6 +206,18 @@ def test_missing_multiprocess_directory_is_a_configuration_error() -> None:
         "hyperbytedb-proxy: configuration error: PROMETHEUS_MULTIPROC_DIR='/nonexistent/prometheus' "
         "is invalid: expected an existing directory"
     ]
+
+
+def test_client_limits_defaults_match_nginx_where_nginx_has_one() -> None:
+    s = load_settings(REQUIRED)
+    assert (s.client_header_timeout_secs, s.client_body_timeout_secs, s.send_timeout_secs) == (60, 60, 60)
+    assert (s.max_header_bytes, s.max_headers, s.keepalive_timeout_secs) == (65536, 100, 75)
+    assert s.trusted_proxies == ()
+
+
+def test_trusted_proxies_accept_cidrs_and_single_addresses() -> None:
+    s = load_settings(REQUIRED | {"HYPERBYTEDB_PROXY_TRUSTED_PROXIES": " 10.0.0.0/8, 192.0.2.7 ,fd00::/8,"})
+    assert [str(network) for network in s.trusted_proxies] == ["10.0.0.0/8", "192.0.2.7/32", "fd00::/8"]
 
 
 def test_the_command_line_warns_once_per_unknown_variable(caplog: pytest.LogCaptureFixture) -> None:
