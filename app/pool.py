@@ -27,8 +27,9 @@ class PoolChange:
 
 
 class BackendPool:
-    def __init__(self, port: int, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, port: int, *, scheme: str = "http", clock: Callable[[], float] = time.time) -> None:
         self._port = port
+        self._scheme = scheme
         self._clock = clock
         self._backends: dict[str, Backend] = {}
         self._routable: list[Backend] = []
@@ -42,7 +43,9 @@ class BackendPool:
         """Make the pool hold exactly ``addresses``; known ones keep their state."""
         wanted = dict.fromkeys(addresses)
         removed = tuple(b for addr, b in self._backends.items() if addr not in wanted)
-        added = tuple(Backend(addr, self._port) for addr in wanted if addr not in self._backends)
+        added = tuple(
+            Backend(addr, self._port, self._scheme) for addr in wanted if addr not in self._backends
+        )
         for backend in removed:
             del self._backends[backend.address]
         for backend in added:

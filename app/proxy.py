@@ -26,6 +26,7 @@ from app.headers import request_headers, response_headers
 from app.logs import redact_query
 from app.metrics import OUTCOMES, Metrics
 from app.pool import BackendPool
+from app.public_paths import PublicPaths
 from app.retry_budget import RetryBudget
 from app.settings import Settings
 
@@ -90,6 +91,7 @@ class ProxyEndpoint:
         self._client = client
         self._metrics = metrics
         self._budget = retry_budget
+        self._public = PublicPaths(settings.public_paths)
         self._max_body = settings.max_body_bytes
         self._timeouts = {
             "connect": settings.connect_timeout_ms / 1000,
@@ -114,6 +116,9 @@ class ProxyEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            return
+        if not self._public.allows(scope["path"]):
+            await self._refuse_private(scope, send)
             return
         exchange = _Exchange(scope, send, time.perf_counter())
         task = asyncio.current_task()
@@ -155,6 +160,13 @@ class ProxyEndpoint:
             self._release(held_bytes)
             self._metrics.inflight.dec()
             self._record(exchange)
+
+    async def _refuse_private(self, scope: Scope, send: Send) -> None:
+        """A path outside PUBLIC_PATHS: 404 from the proxy itself, no backend contacted."""
+        exchange = _Exchange(scope, send, time.perf_counter())
+        exchange.outcome = "not_public"
+        await exchange.error(404, "not found: this path is not served by the proxy")
+        self._record(exchange)
 
     # -- request body ----------------------------------------------------
 

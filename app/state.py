@@ -20,6 +20,7 @@ from app.pool import BackendPool
 from app.proxy import ProxyEndpoint
 from app.retry_budget import RetryBudget
 from app.settings import Settings
+from app.tls import backend_context
 from app.transport import UpstreamTransport
 
 log = logging.getLogger("hyperbytedb_proxy")
@@ -40,9 +41,11 @@ class ProxyState:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self.pool = BackendPool(settings.backend_port)
+        tls = backend_context(settings)
+        self.pool = BackendPool(settings.backend_port, scheme="http" if tls is None else "https")
         self.pool.add_listener(self._on_transition)
-        self.upstream = forward_transport or UpstreamTransport()
+        tls_name = settings.backend_tls_name if tls is not None else None
+        self.upstream = forward_transport or UpstreamTransport(ssl_context=tls, server_hostname=tls_name)
         # Requests are built by the proxy itself; timeouts travel with each one.
         self.forward_client = ForwardingClient(self.upstream)
         self.probe_client = httpx.AsyncClient(
@@ -50,6 +53,8 @@ class ProxyState:
             timeout=settings.health_timeout_ms / 1000,
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
+            verify=tls if tls is not None else True,
+            trust_env=False,
         )
         self.retry_budget = RetryBudget(
             percent=settings.retry_budget_percent,
@@ -57,7 +62,7 @@ class ProxyState:
             window_secs=settings.retry_budget_window_secs,
         )
         self.proxy = ProxyEndpoint(settings, self.pool, self.forward_client, self.metrics, self.retry_budget)
-        self.health = HealthChecker(settings, self.pool, self.probe_client, self.metrics)
+        self.health = HealthChecker(settings, self.pool, self.probe_client, self.metrics, tls_name=tls_name)
         self.exclusions = ExclusionStore(shared_exclusions_path() if settings.workers > 1 else None)
         self.discovery = Discovery(
             settings,

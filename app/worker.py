@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
-from app.server import KEEP_ALIVE_SECS, ProxyServer
+from app.server import KEEP_ALIVE_SECS, ProxyServer, listener_tls
 
 
 class ProxyWorker(UvicornWorker):
@@ -34,7 +34,9 @@ class ProxyWorker(UvicornWorker):
         state = self.wsgi.state.proxy
         grace = state.settings.shutdown_grace_secs
         self.config.timeout_graceful_shutdown = math.ceil(grace)
-        server = ProxyServer(self.config, on_stop=state.begin_shutdown, grace_secs=grace)
+        # Built here, after the fork: each worker reloads rotated certificates itself.
+        tls = listener_tls(state.settings)
+        server = ProxyServer(self.config, on_stop=state.begin_shutdown, grace_secs=grace, tls=tls)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:
