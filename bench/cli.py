@@ -349,7 +349,10 @@ class Bench:
                 self._stop(rp)
             ours: ProxyProcess | None = None
             try:
-                ours = self.start_ours(backend=(STREAM_HOST, self.stream_port))
+                # The stream comes from the simulator's /_sim/stream, outside the default public paths.
+                ours = self.start_ours(
+                    backend=(STREAM_HOST, self.stream_port), env={"HYPERBYTEDB_PROXY_PUBLIC_PATHS": "*"}
+                )
                 self._stream(report.STREAM_OURS, ours.url, path, timeout, sample_pid=ours.pid)
             finally:
                 self._stop(ours)
