@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -45,7 +46,7 @@ INTERNAL_SPELLINGS = (
     "/_sim/state",
 )
 ADMIN_PATHS = ("/healthz", "/readyz", "/metrics", "/admin", "/admin/backends", "/admin/pool")
-TLS_TOOLS = ("curl", "openssl", "influx")
+REPO = Path(__file__).parents[2]
 
 
 def raw_request(
@@ -423,3 +424,94 @@ def test_plain_http_proxy_is_unaffected_by_the_tls_options(
     proxy: ProxyProcess = start_proxy(public_paths="*")
     proxy.wait_ready()
     assert httpx.get(f"{proxy.url}/_sim/state").status_code == 200  # "*" forwards everything
+
+
+# --------------------------------------------------------------------------- both listeners, drained
+
+
+def _drain_both_listeners(proxy: SecureProxy, nodes: dict[str, NodeProcess]) -> None:
+    """A request in flight on the public listener finishes after SIGTERM; then both sockets close."""
+    assert proxy.admin_port is not None
+    for node in nodes.values():
+        node.delay(1.5, count=None, paths=["/query"])
+    result: dict[str, int] = {}
+
+    def slow_query() -> None:
+        result["status"] = proxy.client.get(f"{proxy.url}/query", params={"q": "SHOW DATABASES"}).status_code
+
+    thread = threading.Thread(target=slow_query, daemon=True)
+    thread.start()
+    wait_until(
+        lambda: sum(n.requests()["paths"].get("/query", 0) for n in nodes.values()) >= 1, 10, "forwarded"
+    )
+    proxy.send_signal(signal.SIGTERM)
+    wait_until(lambda: proxy.client.get(f"{proxy.admin_url}/readyz").status_code == 503, 5, "unready")
+    thread.join(timeout=15)
+    assert result.get("status") == 200  # the in-flight request was drained, not cut
+    assert proxy.wait_exit(timeout=20) == 0
+    for port in (proxy.port, proxy.admin_port):
+        with pytest.raises(OSError):
+            raw_request(port, "GET", "/ping")
+
+
+def test_single_process_serves_and_drains_both_tls_listeners(tls_world: TLSWorld) -> None:
+    nodes = tls_world.start_nodes()
+    tls_world.proxies.append(
+        proxy := SecureProxy(
+            {**_tls_env(tls_world)},
+            ca=tls_world.ca.cert,
+            admin_port=free_port("127.0.0.1"),
+            log_dir=tls_world.tmp,
+        )
+    )
+    proxy.start()
+    proxy.wait_ready()
+    assert proxy.client.get(f"{proxy.url}/ping").status_code == 204
+    assert proxy.client.get(f"{proxy.url}/metrics").status_code == 404
+    assert proxy.client.get(f"{proxy.admin_url}/metrics").status_code == 200
+    _drain_both_listeners(proxy, nodes)
+
+
+def test_gunicorn_workers_serve_and_drain_both_tls_listeners(tls_world: TLSWorld) -> None:
+    nodes = tls_world.start_nodes()
+    gunicorn = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(REPO / "gunicorn.conf.py"),
+        "app.main:create_app_from_env()",
+    ]
+    env = {
+        **_tls_env(tls_world),
+        "HYPERBYTEDB_PROXY_WORKERS": "2",
+        "PROMETHEUS_MULTIPROC_DIR": str(tls_world.tmp),
+    }
+    tls_world.proxies.append(
+        proxy := SecureProxy(
+            env, ca=tls_world.ca.cert, admin_port=free_port("127.0.0.1"), argv=gunicorn, log_dir=tls_world.tmp
+        )
+    )
+    proxy.start()
+    proxy.wait_ready(timeout=20)
+    for _ in range(10):  # new connections, spread over both workers
+        with httpx.Client(verify=client_context(tls_world.ca.cert), trust_env=False, timeout=5) as client:
+            assert client.get(f"{proxy.url}/ping").status_code == 204
+            assert client.get(f"{proxy.url}/readyz").status_code == 404
+            assert client.get(f"{proxy.admin_url}/readyz").status_code == 200
+    _drain_both_listeners(proxy, nodes)
+
+
+def _tls_env(world: TLSWorld) -> dict[str, str]:
+    return {
+        "HYPERBYTEDB_PROXY_BACKEND_SERVICE": SERVICE,
+        "HYPERBYTEDB_PROXY_BACKEND_PORT": str(world.node_port),
+        "HYPERBYTEDB_PROXY_DNS_NAMESERVERS": f"127.0.0.1:{world.dns_server.port}",
+        "HYPERBYTEDB_PROXY_HEALTH_INTERVAL_SECS": "0.3",
+        "HYPERBYTEDB_PROXY_SHUTDOWN_GRACE_SECS": "10",
+        "HYPERBYTEDB_PROXY_BACKEND_TLS": "true",
+        "HYPERBYTEDB_PROXY_BACKEND_CA_FILE": str(world.ca.cert),
+        "HYPERBYTEDB_PROXY_TLS_CERT_FILE": str(world.volume.cert),
+        "HYPERBYTEDB_PROXY_TLS_KEY_FILE": str(world.volume.key),
+        "LOG_FORMAT": "json",
+    }
