@@ -33,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from app.settings import load_settings_or_exit
+from app.tls import check_tls_settings_or_exit
 
 # One line per bad variable, no traceback, status 2: as `hyperbytedb-proxy` does.
 _settings = load_settings_or_exit(metrics_dir_must_exist=False)  # on_starting creates it
+check_tls_settings_or_exit(_settings)  # in the master, not once per failing worker
 
 # --- server socket -----------------------------------------------------------
 

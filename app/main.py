@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sys
 from collections.abc import AsyncIterator
 
 import httpx
@@ -18,15 +17,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.admin import admin_routes
 from app.discovery import Resolver, SystemResolver
 from app.metrics import Metrics
-from app.settings import (
-    EXIT_CONFIG,
-    Settings,
-    SettingsError,
-    load_settings_or_exit,
-    warn_unknown_variables,
-)
+from app.settings import Settings, load_settings_or_exit, warn_unknown_variables
 from app.state import ProxyState
-from app.tls import check_tls_settings, warn_about_tls
+from app.tls import check_tls_settings_or_exit, warn_about_tls
 
 
 def create_app(
@@ -120,12 +113,7 @@ def configure_process() -> Settings:
     from app.proxy import UpstreamAborted
 
     settings = load_settings_or_exit()
-    try:
-        check_tls_settings(settings)
-    except SettingsError as exc:
-        for problem in exc.problems:
-            print(f"hyperbytedb-proxy: configuration error: {problem}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
+    check_tls_settings_or_exit(settings)  # a certificate that does not load: exit 2, naming it
     setup_logging(settings.log_format, settings.log_level, quiet_exceptions=(UpstreamAborted,))
     warn_unknown_variables(os.environ)
     warn_about_tls(settings)

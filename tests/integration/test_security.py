@@ -515,3 +515,30 @@ def _tls_env(world: TLSWorld) -> dict[str, str]:
         "HYPERBYTEDB_PROXY_TLS_KEY_FILE": str(world.volume.key),
         "LOG_FORMAT": "json",
     }
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
+def test_a_certificate_that_does_not_load_stops_startup(tmp_path: Path, server: str) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    env = minimal_env(
+        {
+            "HYPERBYTEDB_PROXY_BACKEND_SERVICE": SERVICE,
+            "HYPERBYTEDB_PROXY_LISTEN": f"127.0.0.1:{free_port('127.0.0.1')}",
+            "HYPERBYTEDB_PROXY_TLS_CERT_FILE": str(junk),
+            "HYPERBYTEDB_PROXY_TLS_KEY_FILE": str(junk),
+        }
+    )
+    argv = [sys.executable, "-m", "app"]
+    if server == "gunicorn":
+        argv = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(REPO / "gunicorn.conf.py"),
+            "app.main:create_app_from_env()",
+        ]
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30, cwd=REPO, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "HYPERBYTEDB_PROXY_TLS_CERT_FILE" in result.stderr and "Traceback" not in result.stderr
