@@ -769,3 +769,14 @@ def test_network_policy_admits_admin_port_only_from_labelled_namespaces(helm_tem
     assert any(selector.get("team") == "monitoring" for selector in selectors)  # merged with the default
     assert {"kubernetes.io/metadata.name": "db"} in selectors
     assert helm_template.render().all("NetworkPolicy") == []
+
+
+def test_helm_test_pod_follows_the_admin_port_and_tls(helm_template: HelmTemplate) -> None:
+    rendered = helm_template.render(values=SECURE_VALUES)
+    (pod,) = rendered.all("Pod")
+    script = " ".join(pod["spec"]["containers"][0]["command"])
+    name = rendered.one("Service")["metadata"]["name"]
+    assert f"https://{name}.db.svc:8087/healthz" in script
+    mtls = helm_template.render(values={"server": {"tls": {"existingSecret": "t", "clientCaSecret": "ca"}}})
+    (pod,) = mtls.all("Pod")
+    assert "create_connection" in " ".join(pod["spec"]["containers"][0]["command"])
