@@ -95,6 +95,9 @@ class ProxyState:
             extra={
                 "fields": {
                     "listen": str(self.settings.listen),
+                    "admin_listen": str(self.settings.admin_listen or self.settings.listen),
+                    "tls": self.settings.listener_tls,
+                    "backend_tls": self.settings.backend_tls,
                     "service": self.settings.backend_service,
                     "backends": len(self.pool),
                 }
