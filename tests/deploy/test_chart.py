@@ -237,6 +237,10 @@ def test_schema_requires_backend_service(helm_template: HelmTemplate, args: list
         "autoscaling.enabled=sometimes",
         "metrics.serviceMonitor.enabled=1",
         "backend.sevice=typo",
+        "server.adminPort=70000",
+        "server.publicPaths=write",
+        "backend.tls.enabled=maybe",
+        "networkPolicy.enabled=sometimes",
     ],
 )
 def test_schema_rejects_wrong_values(helm_template: HelmTemplate, setting: str) -> None:
