@@ -3,13 +3,27 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test unit lint format run bench chaos deps docs chart-check clean
+.PHONY: demo test unit lint lint-js format run bench chaos deps docs chart-check lock clean
 
-$(VENV)/.installed: pyproject.toml
+# Exactly the versions and hashes of requirements-dev.lock, then the project
+# itself without resolving anything again.
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install -q --no-deps -e .
 	touch $@
+
+LOCK := $(VENV)/bin/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes --quiet
+
+## lock: re-resolve the lock files after a change to pyproject.toml's dependencies
+## (pins already in the files are kept when they still fit; `make lock UPGRADE=--upgrade` bumps them all)
+lock: $(VENV)/.installed
+	$(LOCK) $(UPGRADE) --extra gunicorn -o requirements.lock
+	$(LOCK) $(UPGRADE) --extra dev --constraints requirements.lock -o requirements-dev.lock
+	$(PY) -m pip install -q --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(VENV)/.installed
 
 ## demo: a local three-node simulated HyperbyteDB cluster behind the proxy on 127.0.0.1:8086
 demo: $(VENV)/.installed
@@ -26,9 +40,21 @@ unit: $(VENV)/.installed
 deps:
 	bash scripts/install-test-deps.sh
 
-lint: $(VENV)/.installed
+## lint: ruff, ruff format --check, mypy (strict on app/), and lint-js
+lint: $(VENV)/.installed lint-js
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+# Biome, pinned in package-lock.json, for the status page's files.
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
+
+## lint-js: Biome on the status page's JavaScript and CSS, then their node unit tests
+lint-js: node_modules/.installed
+	npm run --silent lint
+	npm test --silent
 
 format: $(VENV)/.installed
 	$(PY) -m ruff format .
@@ -55,4 +81,4 @@ chart-check: $(VENV)/.installed
 	bash scripts/check-chart.sh
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .bench build dist site *.egg-info
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .mypy_cache .bench build dist site *.egg-info

@@ -29,15 +29,12 @@ import importlib.util
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
-from app.settings import load_settings_or_exit
-from app.tls import check_tls_settings_or_exit
+from app.__main__ import load_settings_or_exit
 
 # One line per bad variable, no traceback, status 2: as `hyperbytedb-proxy` does.
 _settings = load_settings_or_exit(metrics_dir_must_exist=False)  # on_starting creates it
-check_tls_settings_or_exit(_settings)  # in the master, not once per failing worker
 
 # --- server socket -----------------------------------------------------------
 
@@ -91,11 +88,6 @@ control_socket_disable = True
 # --- hooks --------------------------------------------------------------------
 
 
-def _multiproc_dir() -> Path | None:
-    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
-    return Path(value) if value else None
-
-
 def on_starting(server: Any) -> None:
     """In the master, before any worker: check the worker class, reset shared state."""
     if importlib.util.find_spec("uvicorn_worker") is None:
@@ -106,10 +98,10 @@ def on_starting(server: Any) -> None:
     # restarted container) must not hand its exclusions to this one.
     from app.exclusions import shared_exclusions_path
 
-    stale_exclusions = shared_exclusions_path().with_name(f"hyperbytedb-proxy-exclusions-{os.getpid()}.json")
-    stale_exclusions.unlink(missing_ok=True)
+    directory = _settings.prometheus_multiproc_dir
+    stale_name = f"hyperbytedb-proxy-exclusions-{os.getpid()}.json"
+    shared_exclusions_path(directory).with_name(stale_name).unlink(missing_ok=True)
 
-    directory = _multiproc_dir()
     if directory is None:
         if workers > 1:
             server.log.warning(
@@ -126,7 +118,7 @@ def on_starting(server: Any) -> None:
 
 def child_exit(server: Any, worker: Any) -> None:
     """In the master, after a worker exited: retire its live gauges."""
-    if _multiproc_dir() is None:
+    if _settings.prometheus_multiproc_dir is None:
         return
     from prometheus_client import multiprocess
 

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from app.backend import Backend
 from app.discovery import canonical_ip
 from app.state import ProxyState
-from app.status_page import status_page
+from app.status_page import StatusPage
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -163,7 +163,7 @@ def admin_routes(state: ProxyState) -> list[Route]:
         Route("/healthz", healthz, methods=read_only),
         Route("/readyz", readyz, methods=read_only),
         Route("/metrics", metrics, methods=read_only),
-        Route("/admin", status_page, methods=read_only),
+        Route("/admin", StatusPage.from_package().serve, methods=read_only),
         Route("/admin/backends", backends, methods=read_only),
         Route("/admin/pool", require_token(state, pool), methods=read_only),
         Route("/admin/backends/{ip}/exclude", require_token(state, exclusion(True)), methods=["POST"]),

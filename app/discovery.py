@@ -20,10 +20,11 @@ import dns.exception
 import dns.nameserver
 import dns.resolver
 
+from app.addresses import HostPort
 from app.backend import Backend
 from app.metrics import Metrics
 from app.pool import BackendPool
-from app.settings import HostPort, Settings
+from app.settings import Settings
 
 log = logging.getLogger("hyperbytedb_proxy.discovery")
 

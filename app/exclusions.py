@@ -21,10 +21,14 @@ from pathlib import Path
 log = logging.getLogger("hyperbytedb_proxy.admin")
 
 
-def shared_exclusions_path() -> Path:
-    """The file shared by the workers of one gunicorn master (keyed by its pid)."""
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir()
-    return Path(directory) / f"hyperbytedb-proxy-exclusions-{os.getppid()}.json"
+def shared_exclusions_path(directory: Path | None) -> Path:
+    """The file shared by the workers of one gunicorn master (keyed by its pid).
+
+    It sits in the metrics directory when there is one (a per-pod emptyDir in
+    Kubernetes), else in the temporary directory.
+    """
+    parent = directory if directory is not None else Path(tempfile.gettempdir())
+    return parent / f"hyperbytedb-proxy-exclusions-{os.getppid()}.json"
 
 
 class ExclusionStore:

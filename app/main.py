@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -17,9 +15,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.admin import admin_routes
 from app.discovery import Resolver, SystemResolver
 from app.metrics import Metrics
-from app.settings import Settings, load_settings_or_exit, warn_unknown_variables
+from app.settings import Settings
 from app.state import ProxyState
-from app.tls import check_tls_settings_or_exit, warn_about_tls
 
 
 def create_app(
@@ -107,28 +104,11 @@ class ProxyApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
-def configure_process() -> Settings:
-    """Settings and logging for a process that serves the proxy; exits 2 on a bad environment."""
-    from app.logs import setup_logging
-    from app.proxy import UpstreamAborted
-
-    settings = load_settings_or_exit()
-    check_tls_settings_or_exit(settings)  # a certificate that does not load: exit 2, naming it
-    setup_logging(settings.log_format, settings.log_level, quiet_exceptions=(UpstreamAborted,))
-    warn_unknown_variables(os.environ)
-    warn_about_tls(settings)
-    if settings.admin_listen is not None and settings.admin_token is None:
-        logging.getLogger("hyperbytedb_proxy").warning(
-            "admin listener without ADMIN_TOKEN: exclude/include need no token there; "
-            "keep its port unreachable from clients",
-            extra={"fields": {"admin_listen": str(settings.admin_listen)}},
-        )
-    return settings
-
-
 def create_app_from_env() -> Starlette:
     """Factory for servers that import the app by name (gunicorn, ``uvicorn --factory``).
 
     Such a server owns the process, so this also configures it (logging included).
     """
+    from app.__main__ import configure_process
+
     return create_app(configure_process())

@@ -2,13 +2,14 @@
 
 When ``PROMETHEUS_MULTIPROC_DIR`` is set (several gunicorn workers),
 prometheus-client backs every value with a file in that directory and
-``/metrics`` aggregates all workers' files instead of this process's registry.
+``/metrics`` aggregates all workers' files instead of this process's registry;
+the directory comes from the settings, the one place that reads it.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -33,10 +34,6 @@ OUTCOMES = (
 RETRY_REASONS = ("connect", "transport", "status_502", "status_504", "drain_503", "timeout")
 
 
-def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
-
-
 @dataclass(frozen=True, slots=True)
 class Exposition:
     body: bytes
@@ -46,8 +43,11 @@ class Exposition:
 class Metrics:
     """Every metric the proxy exports, created on one registry."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, multiprocess_dir: Path | None = None
+    ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self._multiprocess_dir = multiprocess_dir
         r = self.registry
         self.requests = Counter(
             "hyperbytedb_proxy_requests_total",
@@ -141,9 +141,8 @@ class Metrics:
             self.backends.labels(health.value).set(counts.get(health, 0))
 
     def expose(self) -> Exposition:
-        directory = multiprocess_dir()
-        if directory is None:
+        if self._multiprocess_dir is None:
             return Exposition(generate_latest(self.registry))
         merged = CollectorRegistry()
-        MultiProcessCollector(merged, path=directory)
+        MultiProcessCollector(merged, path=str(self._multiprocess_dir))
         return Exposition(generate_latest(merged))

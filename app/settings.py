@@ -1,17 +1,20 @@
 """Configuration from the environment, validated once at startup.
 
 Every setting has the ``HYPERBYTEDB_PROXY_`` prefix except ``LOG_FORMAT`` and
-``LOG_LEVEL``.  A bad value must stop the process with a message an operator
-can act on, so :func:`load_settings` turns pydantic's errors into one line
-per problem naming the variable, the value given and what was expected.
+``LOG_LEVEL`` (either spelling works) and ``PROMETHEUS_MULTIPROC_DIR`` (the
+name prometheus-client itself reads).  pydantic-settings' environment source
+reads the variables; a blank value counts as unset.  A bad value raises
+:class:`SettingsError` with one line per problem naming the variable, the
+value given and what was expected; printing and exiting are the command
+line's business (:mod:`app.__main__`).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Set
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,53 +25,19 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from app.addresses import HostPort, parse_host_port, parse_nameservers
 
 ENV_PREFIX = "HYPERBYTEDB_PROXY_"
-DNS_PORT = 53
 DEFAULT_PUBLIC_PATHS = ("/write", "/query", "/ping", "/health", "/health/ready", "/api/v1/*")
-
-
-@dataclass(frozen=True, slots=True)
-class HostPort:
-    """A host (name or IP literal, without brackets) and a port."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def parse_host_port(value: str, *, default_port: int | None = None) -> HostPort:
-    """Parse ``host:port``, ``[v6]:port``, or a bare host when a default port is given."""
-    text = value.strip()
-    if not text:
-        raise ValueError("must not be empty")
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep:
-            raise ValueError("missing ']' after an IPv6 address")
-        port_text = rest[1:] if rest.startswith(":") else None
-        if rest and port_text is None:
-            raise ValueError("expected ':port' after ']'")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    else:
-        host, port_text = text, None  # a bare name, IPv4 or unbracketed IPv6
-    if port_text is None:
-        if default_port is None:
-            raise ValueError("expected host:port, e.g. 0.0.0.0:8086 or [::]:8086")
-        port = default_port
-    else:
-        if not port_text.isdigit():
-            raise ValueError(f"port {port_text!r} is not a number")
-        port = int(port_text)
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} is outside 1-65535")
-    if not host:
-        raise ValueError("the host part is empty")
-    return HostPort(host, port)
 
 
 def parse_public_paths(value: str) -> tuple[str, ...]:
@@ -93,8 +62,12 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX,
         frozen=True,
         extra="ignore",
+        # Kubernetes and shells spell variables in upper case; nobody means
+        # two different settings by two spellings of one name.
         case_sensitive=False,
         validate_by_name=True,
+        # Manifests often render an optional variable as an empty string.
+        env_ignore_empty=True,
     )
 
     listen: Annotated[HostPort, NoDecode] = Field(
@@ -211,6 +184,12 @@ class Settings(BaseSettings):
         default=None, description="Bearer token that enables the admin write endpoints."
     )
     workers: int = Field(default=1, ge=1, description="Worker processes when served by gunicorn.")
+    prometheus_multiproc_dir: Path | None = Field(
+        default=None,
+        validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR"),
+        description="Directory where every gunicorn worker keeps its metric values and the shared "
+        "operator exclusions.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         validation_alias=AliasChoices("LOG_FORMAT", f"{ENV_PREFIX}LOG_FORMAT"),
@@ -231,9 +210,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load_settings() reads the environment itself (so that empty means
-        # unset and errors can quote the raw value); nothing else may.
-        return (init_settings,)
+        # Arguments, then the environment: no .env or secrets-directory files,
+        # which a container would read behind the operator's back.
+        return (init_settings, env_settings)
 
     @field_validator("admin_token")
     @classmethod
@@ -321,14 +300,7 @@ class Settings(BaseSettings):
     @field_validator("dns_nameservers", mode="before")
     @classmethod
     def _parse_nameservers(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        servers = []
-        for item in filter(None, (part.strip() for part in value.split(","))):
-            server = parse_host_port(item, default_port=DNS_PORT)
-            ipaddress.ip_address(server.host)  # nameservers must be IP literals
-            servers.append(server)
-        return tuple(servers)
+        return parse_nameservers(value) if isinstance(value, str) else value
 
     @field_validator("log_format", "log_level", mode="before")
     @classmethod
@@ -357,97 +329,73 @@ class SettingsError(Exception):
         self.problems = problems
 
 
-def env_name(field: str) -> str:
-    """The environment variable that sets a field."""
+class MappingEnvSource(EnvSettingsSource):
+    """pydantic-settings' environment source over a given mapping instead of ``os.environ``.
+
+    Values of only blanks count as unset too, like empty ones.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = {key: value for key, value in environ.items() if value.strip()}
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        if self.case_sensitive:
+            return self._environ
+        return {key.lower(): value for key, value in self._environ.items()}
+
+
+def env_names(field: str) -> tuple[str, ...]:
+    """Every environment variable that sets a field, the documented one first."""
     alias = Settings.model_fields[field].validation_alias
     if isinstance(alias, AliasChoices):
-        return str(alias.choices[0])
-    return ENV_PREFIX + field.upper()
+        return tuple(str(choice) for choice in alias.choices)
+    return (ENV_PREFIX + field.upper(),)
 
 
-def _describe(error: Mapping[str, Any], environ: Mapping[str, str]) -> str:
-    field = str(error["loc"][0]) if error["loc"] else ""
-    name = env_name(field) if field in Settings.model_fields else field
+def env_name(field: str) -> str:
+    """The documented environment variable that sets a field."""
+    return env_names(field)[0]
+
+
+def _describe(error: ErrorDetails, given: Set[str]) -> str:
+    """One line naming the variable as the operator spelled it, its raw value and the problem."""
+    key = str(error["loc"][0]) if error["loc"] else ""
+    expected = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    field = _field_of(key)
+    if field is None:
+        return f"{key or 'settings'}: {expected}"
+    names = env_names(field)
+    name = next((name for name in names if name.upper() in given), names[0])
     if error["type"] == "missing":
         return f"{name} is required: {Settings.model_fields[field].description}"
-    given = _lookup(environ, name)
-    expected = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
-    return f"{name}={given!r} is invalid: {expected}"
+    return f"{name}={error['input']!r} is invalid: {expected}"
 
 
-def _lookup(environ: Mapping[str, str], name: str) -> str:
-    lowered = name.lower()
-    for key, value in environ.items():
-        if key.lower() == lowered:
-            return value
-    return ""
+def _field_of(key: str) -> str | None:
+    """The field behind a validation error's location: a field name or one of its variables."""
+    if key.lower() in Settings.model_fields:
+        return key.lower()
+    return next((field for field in Settings.model_fields if key.upper() in env_names(field)), None)
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Build settings from ``environ`` (default: the process environment).
+    """Build settings from ``environ`` (default: the process environment), the only source.
 
-    An empty value counts as unset, as Kubernetes manifests often render
-    optional variables that way.  Raises :class:`SettingsError` listing every
-    problem, so one restart fixes them all.
+    Raises :class:`SettingsError` listing every problem, so one restart fixes them all.
     """
-    env = dict(os.environ if environ is None else environ)
-    values: dict[str, Any] = {}
-    for field in Settings.model_fields:
-        value = _lookup(env, env_name(field)) or _lookup(env, ENV_PREFIX + field.upper())
-        if value.strip():
-            values[field] = value
+    env = os.environ if environ is None else environ
+    source = MappingEnvSource(Settings, env)
     try:
-        # Validating a mapping keyed by field name bypasses pydantic-settings'
-        # own environment source, so ``environ`` is the only input.
-        return Settings.model_validate(values)
+        # Only this source: the default chain would read os.environ as well.
+        return Settings(_build_sources=((source,), {}))
     except ValidationError as exc:
-        raise SettingsError([_describe(err, env) for err in exc.errors()]) from None
+        given = {key.upper() for key in env}
+        raise SettingsError([_describe(err, given) for err in exc.errors()]) from None
 
 
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """Prefixed variables that match no setting: usually a typo worth a warning."""
-    known = {env_name(field).upper() for field in Settings.model_fields}
+    known = {name.upper() for field in Settings.model_fields for name in env_names(field)}
     known |= {ENV_PREFIX + field.upper() for field in Settings.model_fields}
     return sorted(key for key in environ if key.upper().startswith(ENV_PREFIX) and key.upper() not in known)
-
-
-def warn_unknown_variables(environ: Mapping[str, str]) -> None:
-    """Log one warning per prefixed variable that no setting reads."""
-    import logging
-
-    log = logging.getLogger("hyperbytedb_proxy")
-    for name in unknown_variables(environ):
-        log.warning("ignoring unknown setting", extra={"fields": {"variable": name}})
-
-
-def check_multiprocess_dir(environ: Mapping[str, str]) -> None:
-    """prometheus-client writes every metric value under this directory: it must exist."""
-    directory = environ.get("PROMETHEUS_MULTIPROC_DIR", "")
-    if directory and not os.path.isdir(directory):
-        raise SettingsError(
-            [f"PROMETHEUS_MULTIPROC_DIR={directory!r} is invalid: expected an existing directory"]
-        )
-
-
-EXIT_CONFIG = 2
-
-
-def load_settings_or_exit(
-    environ: Mapping[str, str] | None = None, *, metrics_dir_must_exist: bool = True
-) -> Settings:
-    """Settings for a process about to serve; on a bad environment, one line per problem and exit 2.
-
-    gunicorn's master creates the metrics directory itself, so it skips that check.
-    """
-    import sys
-
-    env = os.environ if environ is None else environ
-    try:
-        settings = load_settings(env)
-        if metrics_dir_must_exist:
-            check_multiprocess_dir(env)
-    except SettingsError as exc:
-        for problem in exc.problems:
-            print(f"hyperbytedb-proxy: configuration error: {problem}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
-    return settings

@@ -40,7 +40,7 @@ class ProxyState:
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
         tls = backend_context(settings)
         self.pool = BackendPool(settings.backend_port, scheme="http" if tls is None else "https")
         self.pool.add_listener(self._on_transition)
@@ -63,7 +63,9 @@ class ProxyState:
         )
         self.proxy = ProxyEndpoint(settings, self.pool, self.forward_client, self.metrics, self.retry_budget)
         self.health = HealthChecker(settings, self.pool, self.probe_client, self.metrics, tls_name=tls_name)
-        self.exclusions = ExclusionStore(shared_exclusions_path() if settings.workers > 1 else None)
+        self.exclusions = ExclusionStore(
+            shared_exclusions_path(settings.prometheus_multiproc_dir) if settings.workers > 1 else None
+        )
         self.discovery = Discovery(
             settings,
             self.pool,

@@ -20,7 +20,7 @@ import os
 import ssl
 from dataclasses import dataclass
 
-from app.settings import ENV_PREFIX, EXIT_CONFIG, Settings, SettingsError
+from app.settings import ENV_PREFIX, Settings, SettingsError
 
 log = logging.getLogger("hyperbytedb_proxy.tls")
 
@@ -86,18 +86,6 @@ def check_tls_settings(settings: Settings) -> None:
         )
     if problems:
         raise SettingsError(problems)
-
-
-def check_tls_settings_or_exit(settings: Settings) -> None:
-    """As :func:`check_tls_settings`, for a process about to serve: one line per problem and exit 2."""
-    import sys
-
-    try:
-        check_tls_settings(settings)
-    except SettingsError as exc:
-        for problem in exc.problems:
-            print(f"hyperbytedb-proxy: configuration error: {problem}", file=sys.stderr)
-        raise SystemExit(EXIT_CONFIG) from None
 
 
 def warn_about_tls(settings: Settings) -> None:

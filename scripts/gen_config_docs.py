@@ -36,7 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a plain script from a checkout
     sys.path.insert(0, str(REPO))
 
-from app.settings import HostPort, Settings, env_name  # noqa: E402
+from app.addresses import HostPort  # noqa: E402
+from app.settings import Settings, env_name  # noqa: E402
 
 TEMPLATE = REPO / "docs" / "templates" / "configuration.md"
 OUTPUT = REPO / "docs" / "configuration.md"
@@ -61,7 +62,7 @@ class Doc:
 
 # Sections of the page, in order, with the settings each one documents.
 SECTIONS: list[tuple[str, list[str]]] = [
-    ("Listener and processes", ["listen", "workers"]),
+    ("Listener and processes", ["listen", "workers", "prometheus_multiproc_dir"]),
     (
         "Public surface and admin listener",
         ["public_paths", "admin_listen"],
@@ -116,6 +117,16 @@ DOCS: dict[str, Doc] = {
         note="Read by `gunicorn.conf.py` (and by the workers, to share operator exclusions); "
         "`hyperbytedb-proxy` / `python -m app` always serve one process. "
         "See [Multi-worker](operations.md#multi-worker).",
+    ),
+    "prometheus_multiproc_dir": Doc(
+        helm=("metrics.multiprocDir",),
+        helm_note="set only when `server.workers` is above 1",
+        default="unset (one process: its own registry)",
+        accepted="an existing, writable directory",
+        note="No prefix: prometheus-client reads the same variable. Needed when "
+        "`HYPERBYTEDB_PROXY_WORKERS` is above 1, so that `/metrics` shows the sum of all workers. "
+        "gunicorn creates and empties it when it starts; a single process refuses to start "
+        "(exit 2) when it does not exist.",
     ),
     "backend_service": Doc(
         helm=("backend.service",),

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.status_page import status_page
+from app.status_page import StatusPage
 from sim.processes import REPO_ROOT, NodeProcess, ProxyProcess, free_port, free_port_on_all
 from tests.browser.cdp import CDPSession
 
@@ -178,7 +178,7 @@ class ScriptedAdmin:
         self.port = free_port("127.0.0.1")
         app = Starlette(
             routes=[
-                Route("/admin", status_page, methods=["GET", "HEAD"]),
+                Route("/admin", StatusPage.from_package().serve, methods=["GET", "HEAD"]),
                 Route("/admin/backends", self._backends),
             ]
         )

@@ -11,7 +11,7 @@ import pytest
 from starlette.routing import Route
 
 from app.backend import Health
-from app.status_page import status_page
+from app.status_page import StatusPage
 from tests.unit.harness import SERVICE, Harness
 
 pytestmark = pytest.mark.anyio
@@ -24,7 +24,7 @@ def with_status_page(h: Harness) -> Harness:
     """Route ``/admin`` to the page unless ``app/admin.py`` already does."""
     routes = h.app.router.routes
     if not any(getattr(route, "path", None) == "/admin" for route in routes):
-        routes.insert(0, Route("/admin", status_page, methods=["GET", "HEAD"]))
+        routes.insert(0, Route("/admin", StatusPage.from_package().serve, methods=["GET", "HEAD"]))
     return h
 
 

@@ -113,8 +113,13 @@ def test_two_stages_on_a_pinned_slim_python(containerfile: tuple[dict[str, str],
 def test_wheels_are_built_then_installed(containerfile: tuple[dict[str, str], dict[str, Stage]]) -> None:
     _, stages = containerfile
     build_runs = " ".join(stages["build"].all("RUN"))
-    assert re.search(r"pip wheel\b.*--wheel-dir[ =]/wheels\s+\"?\.\[gunicorn\]", build_runs), build_runs
-    # The multi-worker mode (chart: server.workers > 1) needs these.
+    # Dependencies from the lock, hashes checked; then the project without resolving again.
+    locked = r"pip wheel\b.*--wheel-dir[ =]/wheels\s+--require-hashes -r requirements\.lock"
+    assert re.search(locked, build_runs), build_runs
+    assert re.search(r"pip wheel\b.*--wheel-dir[ =]/wheels\s+--no-deps \.(\s|$)", build_runs), build_runs
+    assert "requirements.lock" in " ".join(stages["build"].all("COPY"))
+    # The multi-worker mode (chart: server.workers > 1) needs these; requirements.lock is
+    # locked with this extra (tests/unit/test_lock_files.py).
     # The extra that brings gunicorn and uvicorn-worker must exist in pyproject.toml.
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     extra = " ".join(pyproject["project"]["optional-dependencies"]["gunicorn"])
@@ -153,7 +158,7 @@ def test_oci_labels(runtime: Stage, pyproject: dict) -> None:
     for key in ("title", "description", "source", "licenses", "version"):
         assert labels.get(f"org.opencontainers.image.{key}"), f"missing label org.opencontainers.image.{key}"
     assert labels["org.opencontainers.image.title"] == "hyperbytedb-proxy"
-    assert labels["org.opencontainers.image.licenses"] == pyproject["project"]["license"]["text"]
+    assert labels["org.opencontainers.image.licenses"] == pyproject["project"]["license"]  # SPDX
     # The version label defaults to the package version (and the chart's appVersion).
     args = dict(arg.partition("=")[::2] for arg in runtime.all("ARG"))
     assert labels["org.opencontainers.image.version"] == "${VERSION}"

@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.addresses import HostPort
 from app.discovery import LookupFailed, SystemResolver
-from app.settings import HostPort
 from sim.dns import DNSServer
 from sim.processes import NodeProcess, ProxyProcess
 

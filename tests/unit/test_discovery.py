@@ -98,7 +98,7 @@ async def test_system_resolver_ip_literals_and_hosts_file(tmp_path: Path) -> Non
 
 
 async def test_system_resolver_failure_is_lookup_failed(tmp_path: Path) -> None:
-    from app.settings import HostPort
+    from app.addresses import HostPort
 
     # A nameserver on loopback where nothing listens: fails fast, never leaves the machine.
     resolver = SystemResolver([HostPort("127.0.0.1", 9)], hosts_file=tmp_path / "none", lifetime=0.5)

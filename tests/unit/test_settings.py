@@ -3,10 +3,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from app.settings import HostPort, Settings, SettingsError, env_name, load_settings, unknown_variables
+from app.addresses import HostPort
+from app.settings import Settings, SettingsError, env_name, load_settings, unknown_variables
 
 REQUIRED = {"HYPERBYTEDB_PROXY_BACKEND_SERVICE": "db-headless.db.svc.cluster.local"}
 
@@ -24,7 +26,7 @@ def test_seed_defaults() -> None:
 def test_every_field_has_a_documented_variable() -> None:
     for field, info in Settings.model_fields.items():
         assert info.description, field
-        assert env_name(field).startswith(("HYPERBYTEDB_PROXY_", "LOG_"))
+        assert env_name(field).startswith(("HYPERBYTEDB_PROXY_", "LOG_", "PROMETHEUS_"))
 
 
 def test_parses_listen_nameservers_and_lists() -> None:
@@ -91,6 +93,13 @@ def test_bad_value_names_variable_value_and_expectation(variable: str, value: st
     assert expected in line
 
 
+def test_a_problem_names_the_variable_as_spelled() -> None:
+    with pytest.raises(SettingsError) as err:
+        load_settings(REQUIRED | {"HYPERBYTEDB_PROXY_LOG_LEVEL": "loud"})
+    (line,) = err.value.problems
+    assert line.startswith("HYPERBYTEDB_PROXY_LOG_LEVEL='loud' is invalid: ")
+
+
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(SettingsError) as err:
         load_settings({"HYPERBYTEDB_PROXY_MAX_RETRIES": "x", "LOG_LEVEL": "loud"})
@@ -125,8 +134,6 @@ def test_process_exits_2_with_one_line_per_problem_and_no_traceback() -> None:
 
 
 def test_readme_documents_every_setting() -> None:
-    from pathlib import Path
-
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     missing = [env_name(field) for field in Settings.model_fields if f"`{env_name(field)}`" not in readme]
     assert not missing
@@ -155,10 +162,57 @@ def test_prefixed_log_variables_are_known() -> None:
     assert (s.log_format, s.log_level) == ("json", "debug")
 
 
-def test_missing_multiprocess_directory_is_a_configuration_error(tmp_path: object) -> None:
+def test_multiprocess_directory_is_a_setting(tmp_path: Path) -> None:
+    assert load_settings(REQUIRED).prometheus_multiproc_dir is None
+    s = load_settings(REQUIRED | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    assert s.prometheus_multiproc_dir == tmp_path
+
+
+def test_lower_case_and_blank_values(tmp_path: Path) -> None:
+    s = load_settings(
+        {
+            "hyperbytedb_proxy_backend_service": "db",
+            "log_level": "warning",
+            "HYPERBYTEDB_PROXY_DNS_NAMESERVERS": "   ",
+            "PROMETHEUS_MULTIPROC_DIR": "",
+        }
+    )
+    assert (s.backend_service, s.log_level, s.dns_nameservers) == ("db", "warning", ())
+    assert s.prometheus_multiproc_dir is None
+
+
+def test_settings_built_directly_read_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYPERBYTEDB_PROXY_BACKEND_SERVICE", "from-env")
+    monkeypatch.setenv("HYPERBYTEDB_PROXY_MAX_RETRIES", "")
+    monkeypatch.setenv("LOG_FORMAT", "json")
+    s = Settings()  # type: ignore[call-arg]  # the environment provides backend_service
+    assert (s.backend_service, s.max_retries, s.log_format) == ("from-env", 2, "json")
+    assert Settings(backend_service="given").backend_service == "given"
+
+
+def test_missing_multiprocess_directory_is_a_configuration_error() -> None:
     result = _run_main(REQUIRED | {"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/prometheus"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "hyperbytedb-proxy: configuration error: PROMETHEUS_MULTIPROC_DIR='/nonexistent/prometheus' "
         "is invalid: expected an existing directory"
     ]
+
+
+def test_the_command_line_warns_once_per_unknown_variable(caplog: pytest.LogCaptureFixture) -> None:
+    from app.__main__ import warn_unknown_variables
+
+    with caplog.at_level("WARNING", logger="hyperbytedb_proxy"):
+        warn_unknown_variables(REQUIRED | {"HYPERBYTEDB_PROXY_HOLD_TIMEOUT": "5", "LOG_FORMAT": "json"})
+    assert [record.getMessage() for record in caplog.records] == ["ignoring unknown setting"]
+    assert caplog.records[0].fields == {"variable": "HYPERBYTEDB_PROXY_HOLD_TIMEOUT"}  # type: ignore[attr-defined]
+
+
+def test_an_existing_multiprocess_directory_passes_the_startup_check(tmp_path: Path) -> None:
+    from app.__main__ import load_settings_or_exit
+
+    env = REQUIRED | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    assert load_settings_or_exit(env).prometheus_multiproc_dir == tmp_path
+    with pytest.raises(SystemExit) as exit_:
+        load_settings_or_exit(REQUIRED | {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")})
+    assert exit_.value.code == 2
