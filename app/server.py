@@ -19,7 +19,8 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
-from app.settings import HostPort, Settings
+from app.addresses import HostPort
+from app.settings import Settings
 from app.tls import CertificateReloader, listener_context
 
 log = logging.getLogger("hyperbytedb_proxy")
