@@ -10,6 +10,7 @@ Everything comes from the same environment variables as the single-process
 mode, parsed by :func:`app.settings.load_settings` (never re-parsed here):
 
     HYPERBYTEDB_PROXY_LISTEN               -> bind
+    HYPERBYTEDB_PROXY_ADMIN_LISTEN         -> bind (a second address)
     HYPERBYTEDB_PROXY_WORKERS              -> workers
     HYPERBYTEDB_PROXY_SHUTDOWN_GRACE_SECS  -> graceful_timeout
 
@@ -38,6 +39,9 @@ _settings = load_settings_or_exit(metrics_dir_must_exist=False)  # on_starting c
 # --- server socket -----------------------------------------------------------
 
 bind = [str(_settings.listen)]  # "0.0.0.0:8086" or "[::]:8086"
+if _settings.admin_listen is not None:
+    # Every worker serves both sockets; the app tells them apart by local port.
+    bind.append(str(_settings.admin_listen))
 
 # --- workers ------------------------------------------------------------------
 

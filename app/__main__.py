@@ -13,6 +13,7 @@ import sys
 from collections.abc import Mapping
 
 from app.settings import Settings, SettingsError, load_settings, unknown_variables
+from app.tls import check_tls_settings, warn_about_tls
 
 EXIT_CONFIG = 2
 
@@ -26,6 +27,7 @@ def load_settings_or_exit(
     """
     try:
         settings = load_settings(environ)
+        check_tls_settings(settings)  # a certificate that does not load is a configuration error too
         if metrics_dir_must_exist:
             check_multiprocess_dir(settings)
     except SettingsError as exc:
@@ -59,6 +61,13 @@ def configure_process() -> Settings:
     settings = load_settings_or_exit()
     setup_logging(settings.log_format, settings.log_level, quiet_exceptions=(UpstreamAborted,))
     warn_unknown_variables(os.environ)
+    warn_about_tls(settings)
+    if settings.admin_listen is not None and settings.admin_token is None:
+        logging.getLogger("hyperbytedb_proxy").warning(
+            "admin listener without ADMIN_TOKEN: exclude/include need no token there; "
+            "keep its port unreachable from clients",
+            extra={"fields": {"admin_listen": str(settings.admin_listen)}},
+        )
     return settings
 
 
@@ -66,15 +75,21 @@ def main() -> int:
     settings = configure_process()
 
     from app.main import create_app
-    from app.server import ProxyServer, uvicorn_config
+    from app.server import ProxyServer, listen_sockets, listener_tls, uvicorn_config
 
     app = create_app(settings)
     server = ProxyServer(
         uvicorn_config(app, settings),
         on_stop=app.state.proxy.begin_shutdown,
         grace_secs=settings.shutdown_grace_secs,
+        tls=listener_tls(settings),
     )
-    server.run()
+    try:
+        sockets = listen_sockets(settings)
+    except OSError as exc:
+        print(f"hyperbytedb-proxy: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    server.run(sockets=sockets)
     return 0 if server.started else 1
 
 

@@ -1,7 +1,9 @@
-"""Admin routes: liveness, readiness, metrics and the pool as JSON.
+"""Admin routes: liveness, readiness, metrics, the pool as JSON and operator controls.
 
-They share the client listener, so they are registered ahead of the
-catch-all and never reach a backend.
+With one listener they are registered ahead of the catch-all and never
+reach a backend; with ``ADMIN_LISTEN`` they are served on that listener
+only.  The operator endpoints answer with the upstream proxy's status codes
+and fields, so the HyperbyteDB operator drives this proxy as it drives its own.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 def require_token(state: ProxyState, endpoint: Endpoint) -> Endpoint:
     """Guard an operator endpoint with the configured bearer token (compared in constant time)."""
     configured = state.settings.admin_token
+    if configured is None and state.settings.admin_listen is not None:
+        return endpoint  # the admin listener's network is the boundary, as upstream's
 
     async def guarded(request: Request) -> Response:
         if configured is None:
@@ -91,6 +95,27 @@ def backend_view(backend: Backend) -> dict[str, Any]:
     }
 
 
+def pool_entry(backend: Backend) -> dict[str, Any]:
+    """One backend in the upstream proxy's ``/admin/pool`` shape (plus a few fields of ours)."""
+    return {
+        "addr": backend.address,
+        "port": backend.port,
+        "health": backend.health.value,
+        "excluded": backend.excluded,
+        "inflight": backend.inflight,
+        "consecutive_failures": backend.consecutive_failures,
+        "last_probe_unix": None if backend.last_probe_at is None else int(backend.last_probe_at),
+        "routable": backend.routable,
+        "ejected": backend.ejection is not None,
+        "last_error": backend.last_error,
+    }
+
+
+def _operator_error(status: int, message: str) -> Response:
+    """Upstream's error shape, with this proxy's usual ``error`` field alongside."""
+    return JSONResponse({"status": "error", "message": message, "error": message}, status_code=status)
+
+
 def admin_routes(state: ProxyState) -> list[Route]:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -131,37 +156,29 @@ def admin_routes(state: ProxyState) -> list[Route]:
         )
 
     async def pool(request: Request) -> Response:
-        return JSONResponse(
-            {
-                "backends": [
-                    {
-                        "address": b.address,
-                        "port": b.port,
-                        "health": b.health.value,
-                        "excluded": b.excluded,
-                        "ejected": b.ejection is not None,
-                        "routable": b.routable,
-                    }
-                    for b in state.pool.backends()
-                ]
-            }
-        )
+        return JSONResponse([pool_entry(b) for b in state.pool.backends()])
 
     async def exclusions(request: Request) -> Response:
         synced = state.peers is None or state.peers.synced
         return JSONResponse({"excluded": sorted(state.exclusions.addresses), "synced": synced})
 
     def exclusion(excluded: bool) -> Endpoint:
+        done, unchanged = ("excluded", "already_excluded") if excluded else ("included", "not_excluded")
+        unchanged_status = 409 if excluded else 200
+
         async def change(request: Request) -> Response:
             raw = request.path_params["ip"]
             address = canonical_ip(raw)
             if address is None:
-                return _error(400, f"{raw!r} is not an IP address")
+                return _operator_error(400, f"{raw!r} is not an IP address")
             backend = state.pool.get(address)
             if backend is None:
-                return _error(404, f"{address} is not a known backend")
+                return _operator_error(404, f"{address} is not a known backend")
+            if backend.excluded == excluded:
+                body = {"status": unchanged, "ip": address, **backend_view(backend)}
+                return JSONResponse(body, status_code=unchanged_status)
             state.set_excluded(backend, excluded)
-            return JSONResponse(backend_view(backend))
+            return JSONResponse({"status": done, "ip": address, **backend_view(backend)})
 
         return change
 

@@ -45,6 +45,7 @@ class Backend:
 
     address: str  # IP literal, as text, without brackets
     port: int
+    scheme: str = "http"  # "https" when BACKEND_TLS is on
     health: Health = Health.UNKNOWN
     excluded: bool = False
     inflight: int = 0
@@ -68,7 +69,7 @@ class Backend:
     def __post_init__(self) -> None:
         host = f"[{self.address}]" if ipaddress.ip_address(self.address).version == 6 else self.address
         self.host_header = f"{host}:{self.port}"
-        self.base_url = f"http://{host}:{self.port}"
+        self.base_url = f"{self.scheme}://{host}:{self.port}"
 
     @property
     def routable(self) -> bool:

@@ -30,9 +30,17 @@ ERROR_SNIPPET = 200
 
 class HealthChecker:
     def __init__(
-        self, settings: Settings, pool: BackendPool, client: httpx.AsyncClient, metrics: Metrics
+        self,
+        settings: Settings,
+        pool: BackendPool,
+        client: httpx.AsyncClient,
+        metrics: Metrics,
+        *,
+        tls_name: str | None = None,
     ) -> None:
         self._settings = settings
+        # Probes dial the pod IP but check (and send as SNI) the name its certificate carries.
+        self._extensions = {"sni_hostname": tls_name} if tls_name else None
         self._pool = pool
         self._client = client
         self._metrics = metrics
@@ -81,7 +89,7 @@ class HealthChecker:
         status: int | None = None
         error: str | None = None
         try:
-            response = await self._client.get(url, timeout=self._timeout)
+            response = await self._client.get(url, timeout=self._timeout, extensions=self._extensions)
             status = response.status_code
             if not 200 <= status < 300:
                 error = f"HTTP {status}: {response.text[:ERROR_SNIPPET]}".rstrip(": ")

@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 
 import httpx
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -42,11 +44,26 @@ def create_app(
             yield
 
     admin = admin_routes(state)
-    routes = [*admin, Route("/{path:path}", state.proxy)]
-    app = ProxyApp(routes=routes, lifespan=lifespan)
+    handlers = {404: _not_found, 405: _not_allowed}
+    if settings.admin_listen is None:
+        routes = [*admin, Route("/{path:path}", state.proxy)]
+        app = ProxyApp(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+        app.fast_path(state.proxy, admin_prefixes=tuple(route.path.split("{")[0] for route in admin))
+    else:
+        # Two listeners, one app: the admin port gets only the admin routes,
+        # every other port only the proxy (and so only the public paths).
+        app = ProxyApp(routes=admin, lifespan=lifespan, exception_handlers=handlers)
+        app.split_listeners(state.proxy, admin_port=settings.admin_listen.port)
     app.state.proxy = state
-    app.fast_path(state.proxy, admin_prefixes=tuple(route.path.split("{")[0] for route in admin))
     return app
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "not found"}, status_code=404)
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "method not allowed"}, status_code=405)
 
 
 class ProxyApp(Starlette):
@@ -60,19 +77,32 @@ class ProxyApp(Starlette):
 
     _proxy: ASGIApp | None = None
     _admin_prefixes: tuple[str, ...] = ()
+    _admin_port: int | None = None
 
     def fast_path(self, proxy: ASGIApp, *, admin_prefixes: tuple[str, ...]) -> None:
         self._proxy = proxy
         self._admin_prefixes = admin_prefixes
 
+    def split_listeners(self, proxy: ASGIApp, *, admin_port: int) -> None:
+        """Serve the router on ``admin_port`` only and the proxy on every other port.
+
+        The port is the one the connection arrived on (``scope["server"]``),
+        so one process can listen on both sockets, under uvicorn or gunicorn.
+        """
+        self._proxy = proxy
+        self._admin_port = admin_port
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            self._proxy is not None
-            and scope["type"] == "http"
-            and not scope["path"].startswith(self._admin_prefixes)
-        ):
-            await self._proxy(scope, receive, send)
-            return
+        if self._proxy is not None and scope["type"] == "http":
+            if self._admin_port is None:
+                if not scope["path"].startswith(self._admin_prefixes):
+                    await self._proxy(scope, receive, send)
+                    return
+            else:
+                server = scope.get("server")
+                if server is None or server[1] != self._admin_port:
+                    await self._proxy(scope, receive, send)
+                    return
         await super().__call__(scope, receive, send)
 
 

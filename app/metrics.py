@@ -28,7 +28,10 @@ LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
 )  # fmt: skip
 
-OUTCOMES = ("ok", "fatal", "exhausted", "no_backend", "timeout", "rejected", "overloaded", "client_closed")
+OUTCOMES = (
+    "ok", "fatal", "exhausted", "no_backend", "timeout", "rejected", "overloaded", "client_closed",
+    "not_public",  # a path outside PUBLIC_PATHS: answered 404 by the proxy itself
+)  # fmt: skip
 EJECTED = "ejected"  # the backends gauge's label for backends out by outlier detection
 CLIENT_LIMITS = (
     "head_size", "header_count", "header_timeout", "body_timeout", "send_timeout", "upgrade_body",

@@ -40,11 +40,13 @@ class BackendPool:
         self,
         port: int,
         *,
+        scheme: str = "http",
         clock: Callable[[], float] = time.time,
         lb_policy: LbPolicy = "round_robin",
         rng: random.Random | None = None,
     ) -> None:
         self._port = port
+        self._scheme = scheme
         self._clock = clock
         self._rng = rng or random.Random()
         if lb_policy == "least_request":
@@ -61,7 +63,9 @@ class BackendPool:
         """Make the pool hold exactly ``addresses``; known ones keep their state."""
         wanted = dict.fromkeys(addresses)
         removed = tuple(b for addr, b in self._backends.items() if addr not in wanted)
-        added = tuple(Backend(addr, self._port) for addr in wanted if addr not in self._backends)
+        added = tuple(
+            Backend(addr, self._port, self._scheme) for addr in wanted if addr not in self._backends
+        )
         for backend in removed:
             del self._backends[backend.address]
         for backend in added:

@@ -28,6 +28,7 @@ from app.logs import redact_query
 from app.metrics import OUTCOMES, Metrics
 from app.outlier import OutlierDetector
 from app.pool import BackendPool
+from app.public_paths import PublicPaths
 from app.retry_budget import RetryBudget
 from app.retry_policy import (
     RETRYABLE,
@@ -113,6 +114,7 @@ class ProxyEndpoint:
         self._outlier = outlier or OutlierDetector(
             pool, consecutive_failures=0, ejection_secs=settings.outlier_ejection_secs, max_ejected_percent=0
         )
+        self._public = PublicPaths(settings.public_paths)
         self._max_body = settings.max_body_bytes
         self._trusted = TrustedProxies(settings.trusted_proxies)
         self._timeouts = {
@@ -138,6 +140,9 @@ class ProxyEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            return
+        if not self._public.allows(scope["path"]):
+            await self._refuse_private(scope, send)
             return
         exchange = _Exchange(scope, send, time.perf_counter())
         task = asyncio.current_task()
@@ -179,6 +184,13 @@ class ProxyEndpoint:
             self._release(held_bytes)
             self._metrics.inflight.dec()
             self._record(exchange)
+
+    async def _refuse_private(self, scope: Scope, send: Send) -> None:
+        """A path outside PUBLIC_PATHS: 404 from the proxy itself, no backend contacted."""
+        exchange = _Exchange(scope, send, time.perf_counter())
+        exchange.outcome = "not_public"
+        await exchange.error(404, "not found: this path is not served by the proxy")
+        self._record(exchange)
 
     # -- request body ----------------------------------------------------
 

@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -19,7 +20,9 @@ import uvicorn
 from starlette.applications import Starlette
 
 from app.http_protocol import ClientLimits, limited_protocol
+from app.addresses import HostPort
 from app.settings import Settings
+from app.tls import CertificateReloader, listener_context
 
 log = logging.getLogger("hyperbytedb_proxy")
 
@@ -56,22 +59,80 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
     )
 
 
+def listener_tls(settings: Settings) -> CertificateReloader | None:
+    """The listeners' TLS context, wrapped in the reloader that keeps it current; None for plain HTTP."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    ctx = listener_context(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    files = (settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    return CertificateReloader(ctx, *files)
+
+
+def use_tls(config: uvicorn.Config, ctx: ssl.SSLContext) -> None:
+    """Hand uvicorn our own context (it would otherwise build one from file names, without rotation)."""
+    config.ssl_context_factory = lambda _config, _default: ctx
+
+
+def bind(address: HostPort) -> socket.socket:
+    """A listening socket as uvicorn would bind it, for serving several addresses from one server."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((address.host, address.port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def listen_sockets(settings: Settings) -> list[socket.socket] | None:
+    """Both listeners' sockets when ADMIN_LISTEN is set; None lets uvicorn bind LISTEN itself."""
+    if settings.admin_listen is None:
+        return None
+    public = bind(settings.listen)
+    try:
+        return [public, bind(settings.admin_listen)]
+    except OSError:
+        public.close()
+        raise
+
+
 class ProxyServer(uvicorn.Server):
     """Marks the app not-ready the moment a stop signal arrives, and exits 0 after a clean drain."""
 
-    def __init__(self, config: uvicorn.Config, *, on_stop: Callable[[], None], grace_secs: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        on_stop: Callable[[], None],
+        grace_secs: float,
+        tls: CertificateReloader | None = None,
+    ) -> None:
         super().__init__(config)
         self._on_stop = on_stop
         self._grace = grace_secs
         self._watchdog: threading.Timer | None = None
+        self._tls = tls
+        self._tls_task: asyncio.Task[None] | None = None
+        if tls is not None:
+            use_tls(config, tls.ctx)
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        if self._tls is not None and self.started:
+            self._tls_task = asyncio.create_task(self._tls.run())
         # Everything alive now (modules, the app, settings) lives as long as
         # the process: moved out of the collector's reach, full collections
         # stop scanning it, which removed most of the p99 latency tail.
         gc.collect()
         gc.freeze()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self._tls_task is not None:
+            self._tls_task.cancel()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if not self.should_exit:

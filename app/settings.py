@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_core import ErrorDetails
@@ -36,6 +37,22 @@ from pydantic_settings import (
 from app.addresses import HostPort, parse_host_port, parse_nameservers
 
 ENV_PREFIX = "HYPERBYTEDB_PROXY_"
+DEFAULT_PUBLIC_PATHS = ("/write", "/query", "/ping", "/health", "/health/ready", "/api/v1/*")
+
+
+def parse_public_paths(value: str) -> tuple[str, ...]:
+    """Parse the public path list: ``/exact``, ``/prefix/*``, or ``*`` alone for every path."""
+    paths = tuple(filter(None, (part.strip() for part in value.split(","))))
+    if not paths:
+        raise ValueError("expected one or more paths, comma-separated, or '*'")
+    for path in paths:
+        if path == "*":
+            continue
+        if not path.startswith("/"):
+            raise ValueError(f"{path!r} does not start with '/'")
+        if "*" in path[:-1]:
+            raise ValueError(f"{path!r}: '*' is only allowed at the end")
+    return paths
 
 
 class Settings(BaseSettings):
@@ -57,11 +74,50 @@ class Settings(BaseSettings):
         default=HostPort("0.0.0.0", 8086),
         description="Address and port for client and admin traffic.",
     )
+    public_paths: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=DEFAULT_PUBLIC_PATHS,
+        description="Comma-separated paths forwarded to the backends (a trailing '*' matches a prefix, "
+        "'*' alone forwards everything); any other path gets 404 from the proxy.",
+    )
+    admin_listen: Annotated[HostPort | None, NoDecode] = Field(
+        default=None,
+        description="Address and port of a separate admin listener (/healthz, /readyz, /metrics, /admin); "
+        "unset: the admin routes share LISTEN.",
+    )
+    tls_cert_file: str | None = Field(
+        default=None, description="PEM certificate chain served on the listener(s); enables TLS."
+    )
+    tls_key_file: str | None = Field(
+        default=None, validate_default=True, description="PEM private key of TLS_CERT_FILE."
+    )
+    tls_client_ca_file: str | None = Field(
+        default=None, description="PEM CA bundle; when set, clients must present a certificate it signed."
+    )
     backend_service: str = Field(
         description="DNS name(s) of the HyperbyteDB headless Service, comma-separated; "
         "IP literals and /etc/hosts names work too.",
     )
     backend_port: int = Field(default=8086, ge=1, le=65535, description="Port on every backend.")
+    backend_tls: bool = Field(default=False, description="Connect to the backends (and probe them) over TLS.")
+    backend_ca_file: str | None = Field(
+        default=None,
+        description="PEM CA bundle that backend certificates must chain to (default: system store).",
+    )
+    backend_server_name: str | None = Field(
+        default=None,
+        description="Name verified in, and sent as SNI to, every backend's certificate "
+        "(default: the first name of BACKEND_SERVICE).",
+    )
+    backend_client_cert_file: str | None = Field(
+        default=None, description="PEM client certificate presented to the backends (mutual TLS)."
+    )
+    backend_client_key_file: str | None = Field(
+        default=None, validate_default=True, description="PEM private key of BACKEND_CLIENT_CERT_FILE."
+    )
+    backend_tls_insecure: bool = Field(
+        default=False,
+        description="Skip verifying backend certificates (warned at startup; never in production).",
+    )
     discovery_interval_secs: float = Field(
         default=5, gt=0, description="Seconds between DNS resolutions of the backend service."
     )
@@ -225,6 +281,55 @@ class Settings(BaseSettings):
     def _parse_listen(cls, value: Any) -> Any:
         return parse_host_port(value) if isinstance(value, str) else value
 
+    @field_validator("public_paths", mode="before")
+    @classmethod
+    def _parse_public_paths(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return parse_public_paths(value)
+
+    @field_validator("admin_listen", mode="before")
+    @classmethod
+    def _parse_admin_listen(cls, value: Any) -> Any:
+        return parse_host_port(value) if isinstance(value, str) else value
+
+    @field_validator("admin_listen")
+    @classmethod
+    def _admin_listen_apart(cls, value: HostPort | None, info: ValidationInfo) -> HostPort | None:
+        listen = info.data.get("listen")
+        if value is not None and listen is not None and value.port == listen.port:
+            raise ValueError(
+                f"must use another port than {ENV_PREFIX}LISTEN={listen} "
+                "(the listeners are told apart by port)"
+            )
+        return value
+
+    @field_validator(
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+        "backend_ca_file",
+        "backend_client_cert_file",
+        "backend_client_key_file",
+    )
+    @classmethod
+    def _blank_path_is_none(cls, value: str | None) -> str | None:
+        # The files themselves are loaded (and errors named) by app.tls at startup.
+        return value.strip() if value and value.strip() else None
+
+    @field_validator("tls_key_file", "backend_client_key_file")
+    @classmethod
+    def _key_needs_cert(cls, value: str | None, info: ValidationInfo) -> str | None:
+        cert_field = "tls_cert_file" if info.field_name == "tls_key_file" else "backend_client_cert_file"
+        if (value is None) != (info.data.get(cert_field) is None) and cert_field in info.data:
+            raise ValueError(f"must be set together with {ENV_PREFIX}{cert_field.upper()}")
+        return value
+
+    @field_validator("backend_server_name")
+    @classmethod
+    def _blank_name_is_none(cls, value: str | None) -> str | None:
+        return value.strip() if value and value.strip() else None
+
     @field_validator("backend_service")
     @classmethod
     def _check_service(cls, value: str) -> str:
@@ -277,6 +382,15 @@ class Settings(BaseSettings):
     @property
     def backend_names(self) -> tuple[str, ...]:
         return tuple(self.backend_service.split(","))
+
+    @property
+    def backend_tls_name(self) -> str:
+        """The name backend certificates are checked against and sent as SNI."""
+        return self.backend_server_name or self.backend_names[0]
+
+    @property
+    def listener_tls(self) -> bool:
+        return self.tls_cert_file is not None
 
 
 class SettingsError(Exception):

@@ -23,6 +23,7 @@ from app.pool import BackendPool
 from app.proxy import ProxyEndpoint
 from app.retry_budget import RetryBudget
 from app.settings import Settings
+from app.tls import backend_context
 from app.transport import UpstreamTransport
 
 log = logging.getLogger("hyperbytedb_proxy")
@@ -44,9 +45,13 @@ class ProxyState:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
-        self.pool = BackendPool(settings.backend_port, lb_policy=settings.lb_policy)
+        tls = backend_context(settings)
+        self.pool = BackendPool(
+            settings.backend_port, scheme="http" if tls is None else "https", lb_policy=settings.lb_policy
+        )
         self.pool.add_listener(self._on_transition)
-        self.upstream = forward_transport or UpstreamTransport()
+        tls_name = settings.backend_tls_name if tls is not None else None
+        self.upstream = forward_transport or UpstreamTransport(ssl_context=tls, server_hostname=tls_name)
         # Requests are built by the proxy itself; timeouts travel with each one.
         self.forward_client = ForwardingClient(self.upstream)
         self.probe_client = httpx.AsyncClient(
@@ -54,6 +59,8 @@ class ProxyState:
             timeout=settings.health_timeout_ms / 1000,
             headers={"User-Agent": USER_AGENT},
             follow_redirects=False,
+            verify=tls if tls is not None else True,
+            trust_env=False,
         )
         self.retry_budget = RetryBudget(
             percent=settings.retry_budget_percent,
@@ -70,7 +77,7 @@ class ProxyState:
         self.proxy = ProxyEndpoint(
             settings, self.pool, self.forward_client, self.metrics, self.retry_budget, outlier=self.outlier
         )
-        self.health = HealthChecker(settings, self.pool, self.probe_client, self.metrics)
+        self.health = HealthChecker(settings, self.pool, self.probe_client, self.metrics, tls_name=tls_name)
         self.exclusions = ExclusionStore(
             shared_exclusions_path(settings.prometheus_multiproc_dir) if settings.workers > 1 else None
         )
@@ -120,6 +127,9 @@ class ProxyState:
             extra={
                 "fields": {
                     "listen": str(self.settings.listen),
+                    "admin_listen": str(self.settings.admin_listen or self.settings.listen),
+                    "tls": self.settings.listener_tls,
+                    "backend_tls": self.settings.backend_tls,
                     "service": self.settings.backend_service,
                     "backends": len(self.pool),
                 }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 import time
 from collections.abc import AsyncIterator
 
@@ -248,9 +249,19 @@ class _ResponseStream(httpx.AsyncByteStream):
 class UpstreamTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 keep-alive connections to backends, reused most-recent first."""
 
-    def __init__(self, *, max_idle_per_host: int = 256, idle_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_idle_per_host: int = 256,
+        idle_timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+    ) -> None:
         self._max_idle = max_idle_per_host
         self._idle_timeout = idle_timeout
+        # Pods are dialled by IP; their certificates name the Service.
+        self._ssl = ssl_context
+        self._server_hostname = server_hostname if ssl_context is not None else None
         self._idle: dict[HostKey, list[_Connection]] = {}
         self._closed = False
 
@@ -307,9 +318,23 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         host, port = key
         try:
             async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(lambda: _Connection(key), host, port)
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(key),
+                    host,
+                    port,
+                    ssl=self._ssl,
+                    server_hostname=self._server_hostname,
+                    ssl_handshake_timeout=timeout if self._ssl is not None else None,
+                )
         except TimeoutError:
             raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {timeout:g}s") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise httpx.ConnectError(
+                f"cannot connect to {host}:{port}: certificate verify failed: {exc.verify_message}"
+            ) from exc
+        except ssl.SSLError as exc:
+            detail = exc.reason or str(exc)
+            raise httpx.ConnectError(f"cannot connect to {host}:{port}: TLS failed: {detail}") from exc
         except OSError as exc:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
         return conn

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
-from app.server import ProxyServer, http_protocol
+from app.server import ProxyServer, http_protocol, listener_tls
 
 
 class ProxyWorker(UvicornWorker):
@@ -37,7 +37,9 @@ class ProxyWorker(UvicornWorker):
         self.config.http = http_protocol(self.wsgi)
         self.config.timeout_keep_alive = state.settings.keepalive_timeout_secs
         self.config.timeout_graceful_shutdown = math.ceil(grace)
-        server = ProxyServer(self.config, on_stop=state.begin_shutdown, grace_secs=grace)
+        # Built here, after the fork: each worker reloads rotated certificates itself.
+        tls = listener_tls(state.settings)
+        server = ProxyServer(self.config, on_stop=state.begin_shutdown, grace_secs=grace, tls=tls)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from bench import procfs, report, stream, wrk
+from bench import procfs, report, stream, tls, wrk
 from bench.nginx import NginxProcess, backend_config, reverse_proxy_config
 from bench.report import Row, StreamRow
 from bench.tools import ToolError, ensure
@@ -41,7 +41,7 @@ OURS_HOST = "127.0.0.1"
 STREAM_HOST = "127.0.0.5"
 
 SCENARIOS = {"query": "/query?db=bench&q=SELECT+1", "write": "/write?db=bench"}
-ALL_PARTS = ("query", "write", "stream")
+ALL_PARTS = ("query", "write", "stream", "tls")
 FULL_STREAM_BYTES = 1024 * 1024 * 1024
 QUICK_STREAM_BYTES = 64 * 1024 * 1024
 WARMUP_SECS = 1
@@ -62,7 +62,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="CI smoke: 1 s per wrk run, 1 and 32 connections, a 64 MiB stream, no gunicorn",
     )
     parser.add_argument("--duration", type=int, default=None, help="seconds per wrk run (default 10)")
-    parser.add_argument("--only", default=",".join(ALL_PARTS), help="comma-separated: query,write,stream")
+    parser.add_argument("--only", default=",".join(ALL_PARTS), help="comma-separated: query,write,stream,tls")
     parser.add_argument("--connections", default=None, help="comma-separated (default 1,32,256)")
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})"
@@ -111,6 +111,7 @@ class Bench:
         self.streams: list[StreamRow] = []
         self.memory: dict[str, int | None] = {"idle RSS": None, "RSS after load": None}
         self.notes: list[str] = []
+        self.tls_lines: list[str] = []
 
     # ------------------------------------------------------------ processes
 
@@ -349,7 +350,10 @@ class Bench:
                 self._stop(rp)
             ours: ProxyProcess | None = None
             try:
-                ours = self.start_ours(backend=(STREAM_HOST, self.stream_port))
+                # The stream comes from the simulator's /_sim/stream, outside the default public paths.
+                ours = self.start_ours(
+                    backend=(STREAM_HOST, self.stream_port), env={"HYPERBYTEDB_PROXY_PUBLIC_PATHS": "*"}
+                )
                 self._stream(report.STREAM_OURS, ours.url, path, timeout, sample_pid=ours.pid)
             finally:
                 self._stop(ours)
@@ -478,6 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 bench.request_phase()
             if "stream" in args.only:
                 bench.stream_phase()
+            if "tls" in args.only and bench.scenarios:
+                bench.tls_lines = tls.tls_phase(bench, bench._started)
             ok = True
         except KeyboardInterrupt:
             say("interrupted; stopping every process")
@@ -503,7 +509,7 @@ def _finish(bench: Bench, args: argparse.Namespace, tools: dict[str, str], elaps
         bench.rows, bench.streams, bench.memory["idle RSS"], stream_bytes=args.stream_bytes
     )
     text = report.render(bench.rows, bench.streams, checks, bench.memory, stream_bytes=args.stream_bytes)
-    extra = bench.comparisons()
+    extra = bench.comparisons() + (["", *bench.tls_lines] if bench.tls_lines else [])
     info = report.machine(tools)
     print()
     print(text)

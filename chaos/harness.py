@@ -40,6 +40,7 @@ BASE_PROXY_ENV: dict[str, str] = {
     "HYPERBYTEDB_PROXY_CONNECT_TIMEOUT_MS": "500",
     "HYPERBYTEDB_PROXY_REQUEST_TIMEOUT_SECS": "15",
     "HYPERBYTEDB_PROXY_SHUTDOWN_GRACE_SECS": "10",
+    "HYPERBYTEDB_PROXY_PUBLIC_PATHS": "*",  # streaming scenarios go through the proxy to /_sim/stream
     "LOG_FORMAT": "json",
     "LOG_LEVEL": "info",
 }

@@ -64,6 +64,22 @@ class Doc:
 SECTIONS: list[tuple[str, list[str]]] = [
     ("Listener and processes", ["listen", "workers", "prometheus_multiproc_dir"]),
     (
+        "Public surface and admin listener",
+        ["public_paths", "admin_listen"],
+    ),
+    ("TLS on the listeners", ["tls_cert_file", "tls_key_file", "tls_client_ca_file"]),
+    (
+        "TLS to the backends",
+        [
+            "backend_tls",
+            "backend_ca_file",
+            "backend_server_name",
+            "backend_client_cert_file",
+            "backend_client_key_file",
+            "backend_tls_insecure",
+        ],
+    ),
+    (
         "Backends and discovery",
         ["backend_service", "backend_port", "discovery_interval_secs", "dns_nameservers", "self_ip"],
     ),
@@ -136,6 +152,81 @@ DOCS: dict[str, Doc] = {
         "such as `hyperbytedb-headless` works from the same namespace.",
     ),
     "backend_port": Doc(helm=("backend.port",)),
+    "public_paths": Doc(
+        helm=("server.publicPaths",),
+        helm_note="a list, joined with commas",
+        default="`/write,/query,/ping,/health,/health/ready,/api/v1/*` (HyperbyteDB's client API)",
+        accepted="paths starting with `/`, comma-separated; a trailing `*` matches a prefix; `*` alone "
+        "forwards every path",
+        note="Matched on the decoded, normalised path (`//`, `%2F`, `.` and `..` cannot get round it); "
+        "the request forwarded keeps the client's exact target. Anything else is answered 404 by the "
+        'proxy and counted as `outcome="not_public"`. See [Security](security.md).',
+    ),
+    "admin_listen": Doc(
+        helm=("server.adminPort",),
+        helm_note="`server.host` and this port; `0` leaves it unset",
+        default="unset (the admin routes share `HYPERBYTEDB_PROXY_LISTEN`)",
+        accepted="`host:port`, `[ipv6]:port`, with a port other than `HYPERBYTEDB_PROXY_LISTEN`'s",
+        note="Set (upstream uses `0.0.0.0:8087`), `/healthz`, `/readyz`, `/metrics` and `/admin*` are "
+        "served on this listener only. Without `HYPERBYTEDB_PROXY_ADMIN_TOKEN` the operator endpoints "
+        "work there without a token (a warning is logged). See [Security](security.md).",
+    ),
+    "tls_cert_file": Doc(
+        helm=("server.tls.existingSecret",),
+        helm_note="the Secret's `tls.crt`, mounted read-only",
+        default="unset (plain HTTP)",
+        accepted="path of a PEM file: the certificate, then its intermediates",
+        note="Applies to both listeners. TLS 1.2 and 1.3 only, forward-secret AEAD ciphers only. "
+        "A changed file is loaded within about a second for new connections, without a restart.",
+    ),
+    "tls_key_file": Doc(
+        helm=("server.tls.existingSecret",),
+        helm_note="the Secret's `tls.key`",
+        accepted="path of a PEM private key; required with `HYPERBYTEDB_PROXY_TLS_CERT_FILE`",
+    ),
+    "tls_client_ca_file": Doc(
+        helm=("server.tls.clientCaSecret",),
+        helm_note="the Secret's `ca.crt`; the chart's probes become TCP checks",
+        default="unset (no client certificate asked for)",
+        accepted="path of a PEM CA bundle",
+        note="Every client, the admin listener's included, must then present a certificate it signed.",
+    ),
+    "backend_tls": Doc(
+        helm=("backend.tls.enabled",),
+        accepted="`true` or `false`",
+        note="Forwards and probes both use TLS; a backend whose certificate does not verify is Down, "
+        "with the reason in `/admin/backends`.",
+    ),
+    "backend_ca_file": Doc(
+        helm=("backend.tls.caSecret",),
+        helm_note="the Secret's `ca.crt`",
+        default="unset (the system's CA store)",
+        accepted="path of a PEM CA bundle",
+    ),
+    "backend_server_name": Doc(
+        helm=("backend.tls.serverName",),
+        default="the first name of `HYPERBYTEDB_PROXY_BACKEND_SERVICE`",
+        accepted="a DNS name",
+        note="Pods are dialled by IP, but HyperbyteDB's certificates name the headless Service: this "
+        "name is checked in every pod's certificate and sent as SNI.",
+    ),
+    "backend_client_cert_file": Doc(
+        helm=("backend.tls.clientCertSecret",),
+        helm_note="the Secret's `tls.crt`",
+        accepted="path of a PEM certificate chain",
+        note="Presented to the backends (mutual TLS).",
+    ),
+    "backend_client_key_file": Doc(
+        helm=("backend.tls.clientCertSecret",),
+        helm_note="the Secret's `tls.key`",
+        accepted="path of a PEM private key; required with `HYPERBYTEDB_PROXY_BACKEND_CLIENT_CERT_FILE`",
+    ),
+    "backend_tls_insecure": Doc(
+        helm=("backend.tls.insecure",),
+        accepted="`true` or `false`",
+        note="An escape hatch for tests: certificates are not checked at all, and a warning is logged "
+        "at startup.",
+    ),
     "discovery_interval_secs": Doc(
         helm=("discovery.intervalSecs",),
         note="A failed lookup keeps the backends of the last good answer.",

@@ -928,6 +928,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--keep-alive", type=int, default=60, help="idle keep-alive timeout (s)")
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--tls-cert", default=None, help="serve HTTPS with this PEM certificate chain")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     return parser
 
 
@@ -959,6 +961,8 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         timeout_keep_alive=args.keep_alive,
         timeout_graceful_shutdown=2,
+        ssl_certfile=args.tls_cert,
+        ssl_keyfile=args.tls_key,
     )
     uvicorn.Server(config).run()
     app.store.close()

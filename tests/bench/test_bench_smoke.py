@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import report
+from bench import report, tls
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_SECS = 150  # the quick run takes ~35 s on two cores
@@ -45,11 +45,13 @@ def test_quick_bench_reports_every_target(tmp_path: Path) -> None:
     for check in ("T1", "T2", "T3", "T4", "T5a", "T5b", "T6"):
         assert f"] {check} " in table, f"target {check} missing\n{output}"
     assert "Transport comparison" in table, output
+    assert "TLS to the backend" in table, output
 
     data = json.loads(results.read_text())
     measured = {row["target"] for row in data["rows"] if row["status"] == "ok"}
     # Everything but gunicorn (skipped by --quick) was driven and answered.
     assert set(report.TARGETS) - {report.OURS_GUNICORN} <= measured, output
+    assert {tls.NGINX_TLS, tls.OURS_TLS} <= measured, output
     assert all(row["wrk"]["requests"] > 0 for row in data["rows"] if row["status"] == "ok"), output
     assert {row["target"] for row in data["stream"] if row["status"] == "ok"} == set(report.STREAM_TARGETS), (
         output

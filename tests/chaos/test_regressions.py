@@ -32,6 +32,7 @@ def two_nodes_and_proxy(tmp_path: Path) -> Iterator[tuple[dict[str, NodeProcess]
             "HYPERBYTEDB_PROXY_HEALTH_INTERVAL_SECS": "0.5",
             "HYPERBYTEDB_PROXY_HEALTH_TIMEOUT_MS": "500",
             "HYPERBYTEDB_PROXY_CONNECT_TIMEOUT_MS": "500",
+            "HYPERBYTEDB_PROXY_PUBLIC_PATHS": "*",  # the test streams from /_sim/stream
         },
         log_dir=tmp_path,
     )

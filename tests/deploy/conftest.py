@@ -23,7 +23,17 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "hyperbytedb-proxy"
 FULL_VALUES = CHART / "ci" / "full-values.yaml"
-BUILD_SCRIPT = REPO.parent / "shared" / "tools" / "helm-template" / "build.sh"
+# shared/ sits beside the checkout (or beside the directory holding worktrees).
+BUILD_SCRIPT = next(
+    (
+        candidate
+        for candidate in (
+            base / "shared" / "tools" / "helm-template" / "build.sh" for base in REPO.parents[:2]
+        )
+        if candidate.is_file()
+    ),
+    REPO.parent / "shared" / "tools" / "helm-template" / "build.sh",
+)
 
 # The only value a user must give.
 BACKEND = "db-headless.db.svc.cluster.local"

@@ -34,6 +34,29 @@ from .conftest import BACKEND, CHART, POD_IP, HelmTemplate, Rendered, RenderErro
 
 VALUES_OF_FIELD: dict[str, tuple[str, Any, str | SecretRef]] = {
     "listen": ("server.port", 9000, "0.0.0.0:9000"),
+    "public_paths": ("server.publicPaths", ["/write", "/query*"], "/write,/query*"),
+    "admin_listen": ("server.adminPort", 8087, "0.0.0.0:8087"),
+    "tls_cert_file": ("server.tls.existingSecret", "proxy-tls", "/etc/hyperbytedb-proxy/tls/tls.crt"),
+    "tls_key_file": ("server.tls.existingSecret", "proxy-tls", "/etc/hyperbytedb-proxy/tls/tls.key"),
+    "tls_client_ca_file": (
+        "server.tls.clientCaSecret",
+        "client-ca",
+        "/etc/hyperbytedb-proxy/client-ca/ca.crt",
+    ),
+    "backend_tls": ("backend.tls.enabled", True, "true"),
+    "backend_ca_file": ("backend.tls.caSecret", "db-ca", "/etc/hyperbytedb-proxy/backend-ca/ca.crt"),
+    "backend_server_name": ("backend.tls.serverName", "db.svc", "db.svc"),
+    "backend_client_cert_file": (
+        "backend.tls.clientCertSecret",
+        "proxy-client",
+        "/etc/hyperbytedb-proxy/backend-client/tls.crt",
+    ),
+    "backend_client_key_file": (
+        "backend.tls.clientCertSecret",
+        "proxy-client",
+        "/etc/hyperbytedb-proxy/backend-client/tls.key",
+    ),
+    "backend_tls_insecure": ("backend.tls.insecure", True, "true"),
     "backend_service": ("backend.service", "a.db.svc,b.db.svc", "a.db.svc,b.db.svc"),
     "backend_port": ("backend.port", 18086, "18086"),
     "discovery_interval_secs": ("discovery.intervalSecs", 7.5, "7.5"),
@@ -240,6 +263,10 @@ def test_schema_requires_backend_service(helm_template: HelmTemplate, args: list
         "autoscaling.enabled=sometimes",
         "metrics.serviceMonitor.enabled=1",
         "backend.sevice=typo",
+        "server.adminPort=70000",
+        "server.publicPaths=write",
+        "backend.tls.enabled=maybe",
+        "networkPolicy.enabled=sometimes",
     ],
 )
 def test_schema_rejects_wrong_values(helm_template: HelmTemplate, setting: str) -> None:
@@ -359,9 +386,8 @@ def test_schema_matches_the_settings_model(field: str) -> None:
     else:
         # Composite settings (listen, dns_nameservers, admin_token, trusted_proxies) are
         # covered by the render tests.
-        assert field in {"listen", "dns_nameservers", "admin_token", "trusted_proxies"}, (
-            f"unhandled type {annotation}"
-        )
+        composite = {"listen", "dns_nameservers", "admin_token", "trusted_proxies", "public_paths", "admin_listen"}
+        assert field in composite, f"unhandled type {annotation}"
         return
 
     for bound in info.metadata:
@@ -740,3 +766,111 @@ def test_dashboard_configmap_carries_the_dashboard_for_the_sidecar(full_render: 
     # deploy/grafana/ offers the same file to those who import it by hand.
     standalone = CHART.parents[1] / "deploy" / "grafana" / "hyperbytedb-proxy.json"
     assert json.loads(standalone.read_text()) == shipped
+
+
+# ---------------------------------------------------------------------------
+# Security: admin port, TLS Secrets, NetworkPolicy
+# ---------------------------------------------------------------------------
+
+SECURE_VALUES: dict[str, Any] = {
+    "server": {"adminPort": 8087, "tls": {"existingSecret": "proxy-tls"}},
+    "backend": {
+        "tls": {
+            "enabled": True,
+            "caSecret": "db-ca",
+            "serverName": "hyperbytedb-headless.db.svc.cluster.local",
+            "clientCertSecret": "proxy-client",
+        }
+    },
+    "networkPolicy": {"enabled": True, "adminNamespaceLabels": {"team": "monitoring"}},
+    "metrics": {"serviceMonitor": {"enabled": True, "tlsConfig": {"insecureSkipVerify": False}}},
+}
+
+
+def _validate(kubernetes_validate: str, text: str, tmp_path: Path) -> None:
+    manifest = tmp_path / "secure.yaml"
+    manifest.write_text(text)
+    result = subprocess.run(
+        [kubernetes_validate, "-k", "1.30.0", "--strict", "--quiet", str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "ERROR" not in output, output
+
+
+@pytest.mark.parametrize("admin_port", [0, 8087])
+@pytest.mark.parametrize("listener_tls", ["", "proxy-tls"])
+@pytest.mark.parametrize("client_ca", ["", "client-ca"])
+@pytest.mark.parametrize("backend_tls", [False, True])
+def test_security_combinations_render_and_validate(
+    helm_template: HelmTemplate,
+    kubernetes_validate: str,
+    tmp_path: Path,
+    admin_port: int,
+    listener_tls: str,
+    client_ca: str,
+    backend_tls: bool,
+) -> None:
+    values = {
+        "server": {
+            "adminPort": admin_port,
+            "tls": {"existingSecret": listener_tls, "clientCaSecret": client_ca},
+        },
+        "backend": {"tls": {"enabled": backend_tls, "caSecret": "db-ca" if backend_tls else ""}},
+        "networkPolicy": {"enabled": True},
+        "metrics": {"serviceMonitor": {"enabled": True}},
+    }
+    rendered = helm_template.render(values=values)
+    _validate(kubernetes_validate, rendered.text, tmp_path)
+    ports = {p["name"]: p["containerPort"] for p in rendered.container["ports"]}
+    probe_port = "admin" if admin_port else "http"
+    assert ("admin" in ports) == bool(admin_port)
+    readiness = rendered.container["readinessProbe"]
+    if client_ca:
+        assert readiness["tcpSocket"]["port"] == probe_port
+    else:
+        assert readiness["httpGet"]["port"] == probe_port
+        assert readiness["httpGet"].get("scheme", "HTTP") == ("HTTPS" if listener_tls else "HTTP")
+    endpoint = rendered.one("ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["port"] == probe_port
+    assert endpoint["scheme"] == ("https" if listener_tls else "http")
+    service_ports = [p["name"] for p in rendered.one("Service")["spec"]["ports"]]
+    assert service_ports == (["http", "admin"] if admin_port else ["http"])
+
+
+def test_tls_secrets_are_mounted_read_only(helm_template: HelmTemplate) -> None:
+    rendered = helm_template.render(values=SECURE_VALUES)
+    mounts = {m["name"]: m for m in rendered.container["volumeMounts"]}
+    for name in ("tls", "backend-ca", "backend-client"):
+        assert mounts[name]["readOnly"] is True
+        assert mounts[name]["mountPath"] == f"/etc/hyperbytedb-proxy/{name}"
+        assert "subPath" not in mounts[name]  # a subPath mount would never see a renewal
+    volumes = {v["name"]: v for v in rendered.pod_spec["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "proxy-tls"
+    assert volumes["backend-client"]["secret"]["secretName"] == "proxy-client"
+    assert rendered.env_value("HYPERBYTEDB_PROXY_ADMIN_LISTEN") == "0.0.0.0:8087"
+
+
+def test_network_policy_admits_admin_port_only_from_labelled_namespaces(helm_template: HelmTemplate) -> None:
+    policy = helm_template.render(values=SECURE_VALUES).one("NetworkPolicy")
+    public, admin = policy["spec"]["ingress"]
+    assert public["ports"] == [{"port": "http", "protocol": "TCP"}] and "from" not in public
+    assert admin["ports"] == [{"port": "admin", "protocol": "TCP"}]
+    selectors = [peer["namespaceSelector"]["matchLabels"] for peer in admin["from"]]
+    assert any(selector.get("team") == "monitoring" for selector in selectors)  # merged with the default
+    assert {"kubernetes.io/metadata.name": "db"} in selectors
+    assert helm_template.render().all("NetworkPolicy") == []
+
+
+def test_helm_test_pod_follows_the_admin_port_and_tls(helm_template: HelmTemplate) -> None:
+    rendered = helm_template.render(values=SECURE_VALUES)
+    (pod,) = rendered.all("Pod")
+    script = " ".join(pod["spec"]["containers"][0]["command"])
+    name = rendered.one("Service")["metadata"]["name"]
+    assert f"https://{name}.db.svc:8087/healthz" in script
+    mtls = helm_template.render(values={"server": {"tls": {"existingSecret": "t", "clientCaSecret": "ca"}}})
+    (pod,) = mtls.all("Pod")
+    assert "create_connection" in " ".join(pod["spec"]["containers"][0]["command"])

@@ -55,7 +55,7 @@ def test_writes_and_queries_round_robin_over_discovered_nodes(
 def test_headers_and_body_reach_the_node_exactly(
     nodes: dict[str, NodeProcess], start_proxy: ProxyFactory
 ) -> None:
-    proxy = start_proxy()
+    proxy = start_proxy(public_paths="*")
     proxy.wait_ready()
     body = bytes(range(256)) * 10
     raw = (
@@ -180,7 +180,7 @@ def test_held_request_is_served_when_a_node_returns(
 def test_large_stream_passes_with_flat_memory(
     nodes: dict[str, NodeProcess], start_proxy: ProxyFactory
 ) -> None:
-    proxy = start_proxy()
+    proxy = start_proxy(public_paths="*")
     proxy.wait_ready()
     size = 1024 * 1024 * 1024
     received = 0
@@ -196,7 +196,7 @@ def test_large_stream_passes_with_flat_memory(
 def test_client_leaving_mid_stream_frees_everything(
     nodes: dict[str, NodeProcess], start_proxy: ProxyFactory
 ) -> None:
-    proxy = start_proxy()
+    proxy = start_proxy(public_paths="*")
     proxy.wait_ready()
     with httpx.stream(
         "GET",
@@ -222,7 +222,7 @@ def test_client_leaving_mid_stream_frees_everything(
 def test_sigterm_drains_a_stream_in_flight_and_exits_0(
     nodes: dict[str, NodeProcess], start_proxy: ProxyFactory
 ) -> None:
-    proxy = start_proxy()
+    proxy = start_proxy(public_paths="*")
     proxy.wait_ready()
     size = 4 * 1024 * 1024
     received = [0]

@@ -58,8 +58,8 @@ async def test_excluded_backend_is_never_routed_and_survives_reresolve() -> None
         for _ in range(6):
             await h.client.get("/ping")
         assert h.calls_to("127.0.0.3") == 0 and len(h.backends.calls) == 12
-        pool = (await h.client.get("/admin/pool", headers=AUTH)).json()["backends"]
-        assert {b["address"]: (b["excluded"], b["routable"]) for b in pool}["127.0.0.3"] == (True, False)
+        pool = (await h.client.get("/admin/pool", headers=AUTH)).json()
+        assert {b["addr"]: (b["excluded"], b["routable"]) for b in pool}["127.0.0.3"] == (True, False)
         r = await h.client.post("/admin/backends/127.0.0.3/include", headers=AUTH)
         assert r.json()["excluded"] is False
         for _ in range(3):

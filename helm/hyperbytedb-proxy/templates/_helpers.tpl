@@ -101,6 +101,28 @@ bracketed ("[::]:8086").
 {{- end }}
 
 {{/*
+HYPERBYTEDB_PROXY_ADMIN_LISTEN: server.host and server.adminPort, or "" (no
+admin listener) when adminPort is 0.
+*/}}
+{{- define "hyperbytedb-proxy.adminListen" -}}
+{{- if gt (int .Values.server.adminPort) 0 }}
+{{- $host := .Values.server.host | toString | trimPrefix "[" | trimSuffix "]" }}
+{{- if contains ":" $host }}
+{{- printf "[%s]:%d" $host (int .Values.server.adminPort) }}
+{{- else }}
+{{- printf "%s:%d" $host (int .Values.server.adminPort) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The named port serving /healthz, /readyz and /metrics: "admin" or "http".
+*/}}
+{{- define "hyperbytedb-proxy.adminPortName" -}}
+{{- if gt (int .Values.server.adminPort) 0 }}admin{{ else }}http{{ end }}
+{{- end }}
+
+{{/*
 Is the proxy served by gunicorn with several workers?
 Renders "true" or "" (usable in `if`).
 */}}
