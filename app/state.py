@@ -42,7 +42,9 @@ class ProxyState:
         self.metrics = metrics or Metrics()
         self.pool = BackendPool(settings.backend_port)
         self.pool.add_listener(self._on_transition)
-        self.upstream = forward_transport or UpstreamTransport()
+        self.upstream = forward_transport or UpstreamTransport(
+            max_header_bytes=settings.backend_max_header_bytes, max_headers=settings.backend_max_headers
+        )
         # Requests are built by the proxy itself; timeouts travel with each one.
         self.forward_client = ForwardingClient(self.upstream)
         self.probe_client = httpx.AsyncClient(

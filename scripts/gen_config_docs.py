@@ -81,7 +81,16 @@ SECTIONS: list[tuple[str, list[str]]] = [
             "retry_budget_window_secs",
         ],
     ),
-    ("Limits and overload", ["max_body_bytes", "max_pending", "max_buffered_bytes"]),
+    (
+        "Limits and overload",
+        [
+            "max_body_bytes",
+            "max_pending",
+            "max_buffered_bytes",
+            "backend_max_header_bytes",
+            "backend_max_headers",
+        ],
+    ),
     ("Shutdown", ["shutdown_grace_secs"]),
     ("Admin", ["admin_token"]),
     ("Logging", ["log_format", "log_level"]),
@@ -196,6 +205,18 @@ DOCS: dict[str, Doc] = {
         note="Counted per worker process: the memory limit must leave room for this much per worker. "
         "A request over the cap is answered at once, with `Retry-After`, and counted as "
         '`outcome="overloaded"`.',
+    ),
+    "backend_max_header_bytes": Doc(
+        helm=("limits.backendMaxHeaderBytes",),
+        note="The status line and header lines, including any interim (1xx) responses before the "
+        "final one; a chunked body's trailer section gets the same budget (trailers are never "
+        "relayed). Above it the client gets 502 and the connection is closed, as nginx answers "
+        '"upstream sent too big header" beyond `proxy_buffer_size` (4-8 KiB there). An invalid '
+        "response is not retried: another attempt meets the same backend software.",
+    ),
+    "backend_max_headers": Doc(
+        helm=("limits.backendMaxHeaders",),
+        note="Counted per response; 502 above it, not retried.",
     ),
     "shutdown_grace_secs": Doc(
         helm=("shutdown.graceSecs",),

@@ -53,6 +53,8 @@ VALUES_OF_FIELD: dict[str, tuple[str, Any, str | SecretRef]] = {
     "max_body_bytes": ("limits.maxBodyBytes", 1000000, "1000000"),
     "max_pending": ("limits.maxPending", 64, "64"),
     "max_buffered_bytes": ("limits.maxBufferedBytes", 1073741824, "1073741824"),
+    "backend_max_header_bytes": ("limits.backendMaxHeaderBytes", 16384, "16384"),
+    "backend_max_headers": ("limits.backendMaxHeaders", 50, "50"),
     "shutdown_grace_secs": ("shutdown.graceSecs", 12.5, "12.5"),
     "self_ip": ("selfIp", "10.1.2.3", "10.1.2.3"),
     "dns_nameservers": (
