@@ -28,6 +28,7 @@ from app.metrics import OUTCOMES, Metrics
 from app.pool import BackendPool
 from app.retry_budget import RetryBudget
 from app.settings import Settings
+from app.transport import InvalidResponse
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -320,6 +321,8 @@ class ProxyEndpoint:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 backend.errors += 1
                 return _decided(decide, _Failure("connect", str(exc) or type(exc).__name__, False))
+            except InvalidResponse as exc:
+                return await self._invalid_response(backend, exc, exchange)
             except httpx.TransportError as exc:
                 return await self._failed_in_flight(backend, exc, exchange, decide)
             self._metrics.upstream_duration.observe(time.perf_counter() - started)
@@ -341,6 +344,8 @@ class ProxyEndpoint:
                         # -- InfluxDB sends query headers before running the query -- is
                         # then an ordinary failure, retried elsewhere.
                         prefix = await anext(chunks, b"")
+                except InvalidResponse as exc:
+                    return await self._invalid_response(backend, exc, exchange)
                 except httpx.TransportError as exc:
                     return await self._failed_in_flight(backend, exc, exchange, decide)
                 if failure is not None:
@@ -371,6 +376,16 @@ class ProxyEndpoint:
         exchange.outcome = "timeout"
         await exchange.error(504, f"backend {backend.host_header} did not answer in time")
         return None
+
+    async def _invalid_response(self, backend: Backend, exc: InvalidResponse, exchange: _Exchange) -> None:
+        """The backend broke HTTP: 502, as nginx answers, and no retry (the next node runs the same code)."""
+        backend.errors += 1
+        log.warning(
+            "backend sent an invalid response",
+            extra={"fields": {"backend": backend.host_header, "error": str(exc)}},
+        )
+        exchange.outcome = "fatal"
+        await exchange.error(502, f"backend {backend.host_header} sent an invalid response: {exc}")
 
     def _build_request(self, scope: Scope, backend: Backend, body: bytes, had_length: bool) -> httpx.Request:
         target = scope.get("raw_path") or scope["path"].encode("utf-8")
@@ -405,7 +420,7 @@ class ProxyEndpoint:
             {
                 "type": "http.response.start",
                 "status": response.status_code,
-                "headers": response_headers(response.headers.raw),
+                "headers": response_headers(response.headers.raw, response.status_code),
             }
         )
         exchange.started_response = True
