@@ -345,8 +345,12 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.state = ConnectionState.CLOSED
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                transport.abort()  # a backend that answered early may never read the rest
+            else:
+                transport.close()
 
 
 def _closed_reason(when: str, exc: BaseException | None) -> str:

@@ -51,6 +51,10 @@ class MockTransport:
             self.closing = True
             asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
 
+    def abort(self) -> None:
+        self.write_buffer = 0
+        self.close()
+
     def pause_reading(self) -> None:
         self.reading = False
 
@@ -329,6 +333,7 @@ async def test_early_answer_before_the_request_is_written_is_read_and_not_reused
     await asyncio.wait_for(conn.read_head(30.0), 1.0)
     assert conn.status == 413 and await conn.read_chunk(1.0) == b"no"
     assert not conn.keep_alive and not conn.finish()
+    assert mock.closing and mock.write_buffer == 0  # aborted: the unsent rest is dropped
 
 
 async def test_slow_backend_is_a_read_timeout() -> None:
