@@ -92,12 +92,6 @@ class FlowControl:
             self.read_paused = False
             self._transport.resume_reading()
 
-    def reset(self) -> None:
-        self.buffered = 0
-        if self.read_paused:
-            self.read_paused = False
-            self._transport.resume_reading()
-
 
 async def wait_within(waiter: asyncio.Future[None], timeout: float, loop: asyncio.AbstractEventLoop) -> None:
     """Await ``waiter``, raising TimeoutError after ``timeout`` seconds.
@@ -192,8 +186,6 @@ class _Connection(asyncio.Protocol):
                 self.error = httpx.ReadError(_closed_reason("in the middle of the response body", exc))
         elif self.phase is ResponsePhase.HEAD and self.error is None:
             self.error = httpx.RemoteProtocolError(_closed_reason("without sending a response", exc))
-        if self._flow is not None:
-            self._flow.reset()
         _wake(self._waiter)
 
     # -- httptools callbacks ----------------------------------------------
@@ -420,7 +412,8 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         if conn is None:
             conn = await self._connect(key, timeouts.get("connect") or DEFAULT_CONNECT_TIMEOUT)
             if not conn.send(data, head_only=head_only):
-                raise conn.error or httpx.WriteError(f"cannot send to {key[0]}:{key[1]}: connection closed")
+                # Accepted, then closed before a byte of the request left: as good as refused.
+                raise httpx.ConnectError(f"{key[0]}:{key[1]} closed the connection before the request")
         try:
             await conn.read_head(read_timeout)
         except BaseException:
