@@ -103,7 +103,9 @@ def raw_requests(proxy: ProxyProcess, *requests: bytes) -> list[bytes]:
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
             while len(body) < length:
-                body += sock.recv(65536)
+                chunk = sock.recv(65536)
+                assert chunk, f"connection closed mid-body after {answers!r}"
+                body += chunk
             answers.append(head + b"\r\n\r\n" + body)
     return answers
 
