@@ -70,6 +70,12 @@ class ResponsePhase(enum.Enum):
     DONE = "done"
 
 
+# Module-level names for the members: the hot path compares against them on
+# every callback, and a global lookup is cheaper than an enum attribute.
+NEW, ACTIVE, IDLE, CLOSED = ConnectionState
+HEAD, BODY, DONE = ResponsePhase
+
+
 class FlowControl:
     """Back-pressure from the caller to the backend: stop reading while too much body is unread."""
 
@@ -93,17 +99,16 @@ class FlowControl:
             self._transport.resume_reading()
 
 
-async def wait_within(waiter: asyncio.Future[None], timeout: float, loop: asyncio.AbstractEventLoop) -> None:
-    """Await ``waiter``, raising TimeoutError after ``timeout`` seconds.
+def expire_after(
+    loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None], timeout: float
+) -> asyncio.TimerHandle:
+    """Make ``waiter`` raise TimeoutError after ``timeout`` seconds; cancel the handle when done.
 
-    A bare timer handle rather than ``asyncio.timeout``: this runs for every
-    response and every body chunk, where the context manager costs several µs.
+    Every wait of the transport goes through this: a bare timer handle rather
+    than ``asyncio.timeout``, because it runs for every response and every body
+    chunk, where the context manager (or one more coroutine) costs µs.
     """
-    timer = loop.call_later(timeout, _expire, waiter)
-    try:
-        await waiter
-    finally:
-        timer.cancel()
+    return loop.call_later(timeout, _expire, waiter)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -125,19 +130,19 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, key: HostKey, max_header_bytes: int, max_headers: int) -> None:
         self.key = key
-        self.state = ConnectionState.NEW
+        self.state = NEW
         self.idle_since = 0.0
         self._max_header_bytes = max_header_bytes
         self._max_headers = max_headers
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._flow: FlowControl | None = None
+        self._flow: FlowControl  # set in connection_made, before any data
         self._waiter: asyncio.Future[None] | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._begin(head_only=False)
 
     def _begin(self, *, head_only: bool) -> None:
-        self.phase = ResponsePhase.HEAD
+        self.phase = HEAD
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -155,66 +160,65 @@ class _Connection(asyncio.Protocol):
         self._flow = FlowControl(self._transport)  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
-        if self.state is not ConnectionState.ACTIVE or self.phase is ResponsePhase.DONE:
+        if self.state is not ACTIVE or self.phase is DONE:
             # Bytes nobody asked for: never parsed, and the connection is not reused.
             self.close()
             return
-        if self.phase is ResponsePhase.HEAD:
+        if self.phase is HEAD:
             self._head_wire_bytes += len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(InvalidResponse("backend switched protocols"))
         except httptools.HttpParserError as exc:
-            if self.phase is ResponsePhase.DONE:
+            if self.phase is DONE:
                 self.close()  # bytes after a complete response: it stands, the connection goes
             elif self.error is None:
                 self._fail(InvalidResponse(f"invalid HTTP response from backend: {exc}"))
             return
-        if self.phase is ResponsePhase.HEAD and self._head_wire_bytes > self._max_header_bytes:
+        if self.phase is HEAD and self._head_wire_bytes > self._max_header_bytes:
             self._fail(self._too_big("response head"))
 
     def eof_received(self) -> bool:
         return False  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.state = ConnectionState.CLOSED
-        if self.phase is ResponsePhase.BODY and self.error is None:
+        self.state = CLOSED
+        if self.phase is BODY and self.error is None:
             if exc is None and self._body_until_close():
-                self.phase = ResponsePhase.DONE  # an HTTP/1.0-style body ends with the connection
+                self.phase = DONE  # an HTTP/1.0-style body ends with the connection
             else:
                 self.error = httpx.ReadError(_closed_reason("in the middle of the response body", exc))
-        elif self.phase is ResponsePhase.HEAD and self.error is None:
+        elif self.phase is HEAD and self.error is None:
             self.error = httpx.RemoteProtocolError(_closed_reason("without sending a response", exc))
         _wake(self._waiter)
 
     # -- httptools callbacks ----------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self.phase is not ResponsePhase.HEAD:
+        if self.phase is not HEAD:
             raise _Stop  # a second response after this one: never parsed
         self.headers = []
         self.reason = b""
         self._head_size = 0
 
     def on_status(self, status: bytes) -> None:
-        self.reason += status
-        self._count_head(len(status))
+        self.reason += status  # its size is counted with the head's, at on_headers_complete
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count_head(len(name) + len(value) + HEADER_LINE_OVERHEAD)
-        if self.phase is ResponsePhase.BODY:
-            return  # a trailer: bounded like the head, never relayed
-        self.headers.append((name, value))
-        if len(self.headers) > self._max_headers:
-            self._fail(InvalidResponse(f"backend sent more than {self._max_headers} response headers"))
+        size = self._head_size = self._head_size + len(name) + len(value) + HEADER_LINE_OVERHEAD
+        if self.phase is BODY:  # a trailer: bounded like the head, never relayed
+            if size > self._max_header_bytes:
+                self._fail(self._too_big("trailer section"))
+                raise _Stop
+            return
+        headers = self.headers
+        headers.append((name, value))
+        if size > self._max_header_bytes:
+            self._fail(self._too_big("response head"))
             raise _Stop
-
-    def _count_head(self, size: int) -> None:
-        self._head_size += size
-        if self._head_size > self._max_header_bytes:
-            what = "response head" if self.phase is ResponsePhase.HEAD else "trailer section"
-            self._fail(self._too_big(what))
+        if len(headers) > self._max_headers:
+            self._fail(InvalidResponse(f"backend sent more than {self._max_headers} response headers"))
             raise _Stop
 
     def _too_big(self, what: str) -> InvalidResponse:
@@ -226,27 +230,29 @@ class _Connection(asyncio.Protocol):
         if not 100 <= status <= 599:
             self._fail(InvalidResponse(f"backend sent status {status}, outside 100-599"))
             raise _Stop
+        if self._head_size + len(self.reason) > self._max_header_bytes:
+            self._fail(self._too_big("response head"))
+            raise _Stop
         if status < 200:
             return  # interim response (100 Continue, 103 Early Hints): wait for the final one
         self.status = status
         self.keep_alive = self._parser.should_keep_alive()
         if self._transport is not None and self._transport.get_write_buffer_size():
             self.keep_alive = False  # an early answer: the backend has not read all the request
-        self.phase = ResponsePhase.DONE if self.head_only else ResponsePhase.BODY
+        self.phase = DONE if self.head_only else BODY
         self._head_size = 0  # trailers, if any, get a budget of their own
         _wake(self._waiter)
 
     def on_body(self, body: bytes) -> None:
-        if self.phase is not ResponsePhase.BODY:
+        if self.phase is not BODY:
             return  # a 1xx response's payload is never relayed
         self._chunks.append(body)
-        if self._flow is not None:
-            self._flow.added(len(body))
+        self._flow.added(len(body))
         _wake(self._waiter)
 
     def on_message_complete(self) -> None:
-        if self.phase is ResponsePhase.BODY:
-            self.phase = ResponsePhase.DONE
+        if self.phase is BODY:
+            self.phase = DONE
             _wake(self._waiter)
 
     # -- used by the transport and the response stream --------------------
@@ -268,23 +274,23 @@ class _Connection(asyncio.Protocol):
         once, took nothing; after that, what the backend saw is unknown.
         """
         transport = self._transport
-        if self.state is ConnectionState.CLOSED or transport is None or transport.is_closing():
+        if self.state is CLOSED or transport is None or transport.is_closing():
             self.close()
             return False
-        if self.state is not ConnectionState.NEW:
+        if self.state is not NEW:
             self._parser = httptools.HttpResponseParser(self)
             self._begin(head_only=head_only)
         else:
             self.head_only = head_only
-        self.state = ConnectionState.ACTIVE
+        self.state = ACTIVE
         transport.write(data)
-        if transport.is_closing() and self.error is None and self.phase is ResponsePhase.HEAD:
+        if transport.is_closing() and self.error is None and self.phase is HEAD:
             self.close()  # the write failed before a byte left: the backend saw nothing
             return False
         return True
 
     async def read_head(self, timeout: float) -> None:
-        while self.phase is ResponsePhase.HEAD:
+        while self.phase is HEAD:
             if self.error is not None:
                 raise self.error
             await self._wait(timeout, "response headers")
@@ -294,10 +300,9 @@ class _Connection(asyncio.Protocol):
         while True:
             if self._chunks:
                 chunk = self._chunks.popleft()
-                if self._flow is not None:
-                    self._flow.taken(len(chunk))
+                self._flow.taken(len(chunk))
                 return chunk
-            if self.phase is ResponsePhase.DONE:
+            if self.phase is DONE:
                 return b""
             if self.error is not None:
                 raise self.error
@@ -305,27 +310,26 @@ class _Connection(asyncio.Protocol):
 
     async def _wait(self, timeout: float, what: str) -> None:
         waiter = self._waiter = self._loop.create_future()
+        timer = expire_after(self._loop, waiter, timeout)
         try:
-            await wait_within(waiter, timeout, self._loop)
+            await waiter
         except TimeoutError:
             self.close()
             raise httpx.ReadTimeout(f"backend sent no {what} within {timeout:g}s") from None
         finally:
+            timer.cancel()
             self._waiter = None
 
     def finish(self) -> bool:
         """The response is over for the caller; True when the connection may carry another."""
         if (
-            self.state is ConnectionState.ACTIVE
-            and self.phase is ResponsePhase.DONE
-            and self.keep_alive
+            self.state is ACTIVE
+            and self.phase is DONE
+            and self.keep_alive  # False after an early answer, too
             and not self.head_only
             and not self._chunks
-            and self._transport is not None
-            and not self._transport.is_closing()
-            and not self._transport.get_write_buffer_size()
         ):
-            self.state = ConnectionState.IDLE
+            self.state = IDLE
             return True
         self.close()
         return False
@@ -333,10 +337,10 @@ class _Connection(asyncio.Protocol):
     @property
     def usable(self) -> bool:
         transport = self._transport
-        return self.state is ConnectionState.IDLE and transport is not None and not transport.is_closing()
+        return self.state is IDLE and transport is not None and not transport.is_closing()
 
     def close(self) -> None:
-        self.state = ConnectionState.CLOSED
+        self.state = CLOSED
         transport = self._transport
         if transport is not None:
             if transport.get_write_buffer_size():
@@ -447,14 +451,17 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         )
         done = loop.create_future()
         connecting.add_done_callback(lambda _: _wake(done))
+        timer = expire_after(loop, done, timeout)
         try:
-            await wait_within(done, timeout, loop)
+            await done
         except TimeoutError:
             connecting.cancel()
             raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {timeout:g}s") from None
         except BaseException:
             connecting.cancel()
             raise
+        finally:
+            timer.cancel()
         try:
             _, conn = connecting.result()
         except ssl.SSLError as exc:
