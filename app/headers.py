@@ -92,9 +92,20 @@ def request_headers(
     return out
 
 
-def response_headers(headers: Iterable[Header]) -> list[Header]:
-    """The backend's end-to-end headers, to relay to the client."""
+BODILESS_STATUSES = (204, 304)
+
+
+def response_headers(headers: Iterable[Header], status: int = 200) -> list[Header]:
+    """The backend's end-to-end headers, to relay to the client.
+
+    A 204 or 304 never has a body, whatever its ``Content-Length`` says (a
+    204 must not carry one; a 304's names the representation's size).  The
+    server relaying it would hold the client connection to that length, so
+    the header is dropped for those two statuses.
+    """
     headers = list(headers)
     tokens = _connection_tokens(headers)
     dropped = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
+    if status in BODILESS_STATUSES:
+        dropped = dropped | {b"content-length"}
     return [(name, value) for name, value in headers if name.lower() not in dropped]

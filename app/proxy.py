@@ -43,6 +43,7 @@ from app.retry_policy import (
     signal_of,
 )
 from app.settings import Settings
+from app.transport import InvalidResponse
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -78,7 +79,7 @@ class _Overloaded(Exception):
 
 # Transport errors that mean "the backend answered, but not with valid HTTP"
 # (an oversized head, a bad status line): answered 502 and never retried.
-INVALID_RESPONSE_ERRORS: tuple[type[httpx.TransportError], ...] = ()
+INVALID_RESPONSE_ERRORS: tuple[type[httpx.TransportError], ...] = (InvalidResponse,)
 
 
 @dataclass(slots=True)
@@ -433,7 +434,7 @@ class ProxyEndpoint:
             {
                 "type": "http.response.start",
                 "status": response.status_code,
-                "headers": response_headers(response.headers.raw),
+                "headers": response_headers(response.headers.raw, response.status_code),
             }
         )
         exchange.started_response = True

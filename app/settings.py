@@ -217,6 +217,14 @@ class Settings(BaseSettings):
         default=(),
         description="Comma-separated CIDRs of forwarders whose X-Forwarded-* headers are believed.",
     )
+    backend_max_header_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        description="Largest response head (status line and headers) accepted from a backend (502 above it).",
+    )
+    backend_max_headers: int = Field(
+        default=100, ge=1, description="Most response headers accepted from a backend (502 above it)."
+    )
     shutdown_grace_secs: float = Field(
         default=30, ge=0, description="Longest drain of in-flight requests after SIGTERM."
     )

@@ -51,7 +51,12 @@ class ProxyState:
         )
         self.pool.add_listener(self._on_transition)
         tls_name = settings.backend_tls_name if tls is not None else None
-        self.upstream = forward_transport or UpstreamTransport(ssl_context=tls, server_hostname=tls_name)
+        self.upstream = forward_transport or UpstreamTransport(
+            ssl_context=tls,
+            server_hostname=tls_name,
+            max_header_bytes=settings.backend_max_header_bytes,
+            max_headers=settings.backend_max_headers,
+        )
         # Requests are built by the proxy itself; timeouts travel with each one.
         self.forward_client = ForwardingClient(self.upstream)
         self.probe_client = httpx.AsyncClient(

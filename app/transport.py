@@ -2,11 +2,20 @@
 
 httpx's default transport (httpcore) walks every pooled connection for every
 request, which collapses throughput once a proxy holds dozens of keep-alive
-connections.  A proxy needs much less: plain HTTP/1.1 to a handful of IPs,
-a LIFO stack of idle connections per backend, and a response body streamed
-with back-pressure.  This transport does that on an asyncio ``Protocol`` with
+connections.  A proxy needs much less: HTTP/1.1 to a handful of IPs, a LIFO
+stack of idle connections per backend, and a response body streamed with
+back-pressure.  This transport does that on an asyncio ``Protocol`` with
 httptools' response parser (the one uvicorn uses for requests), and raises
 httpx's own exception types so callers classify failures the usual way.
+
+It trusts the backend no more than a client: the response head is bounded in
+bytes and header count, a response ends where its framing says (anything
+after it closes the connection), trailers and interim (1xx) responses never
+reach the caller, and whatever breaks those rules raises ``InvalidResponse``.
+A request is written once: only when the backend provably received none of
+it (the reused connection was already closing, or the first write failed) is
+it sent on another connection; every other failure goes back to the caller,
+whose retry policy decides.
 
 It honours the ``timeout`` request extension (``connect`` and ``read``
 seconds, as httpx sets them) and the ``target`` extension (the exact request
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -28,197 +38,77 @@ HIGH_WATER = 256 * 1024  # pause reading from a backend beyond this much unread 
 LOW_WATER = 64 * 1024
 DEFAULT_READ_TIMEOUT = 60.0
 DEFAULT_CONNECT_TIMEOUT = 1.0
+DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # nginx's proxy_buffer_size is 4-8 KiB; InfluxDB heads are small
+DEFAULT_MAX_HEADERS = 100
+HEADER_LINE_OVERHEAD = 4  # ": " and CRLF, counted so the limit means bytes on the wire
 
 HostKey = tuple[str, int]
 
 
-class _Connection(asyncio.Protocol):
-    """One keep-alive connection; parses one response at a time."""
+class InvalidResponse(httpx.RemoteProtocolError):
+    """The backend sent something that is not a valid HTTP/1.1 response.
 
-    def __init__(self, key: HostKey) -> None:
-        self.key = key
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.idle_since = 0.0
-        self._loop = asyncio.get_running_loop()
-        self._parser = httptools.HttpResponseParser(self)
-        self._error: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._write_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
-        self._reset()
+    Not a transient failure: another attempt meets the same backend software,
+    so a proxy answers 502 rather than retrying.
+    """
 
-    def _reset(self) -> None:
-        self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.headers_done = False
-        self.message_done = False
-        self.keep_alive = False
-        self.head_only = False
-        self.received_any = False
-        self._chunks: collections.deque[bytes] = collections.deque()
-        self._buffered = 0
-        self._reading_paused = False
 
-    # -- asyncio.Protocol --------------------------------------------------
+class ConnectionState(enum.Enum):
+    """Where a connection is in its life; only IDLE connections sit in the pool."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+    NEW = "new"  # connected, no request yet
+    ACTIVE = "active"  # a request was written; its response is being read
+    IDLE = "idle"  # the last response ended cleanly and the connection may carry another
+    CLOSED = "closed"
 
-    def data_received(self, data: bytes) -> None:
-        self.received_any = True
-        if self.head_only and self.headers_done:
-            return  # a body after a HEAD response is a protocol error; the connection is not reused
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(httpx.RemoteProtocolError("backend switched protocols"))
-        except httptools.HttpParserError as exc:
-            self._fail(httpx.RemoteProtocolError(f"invalid HTTP response from backend: {exc}"))
 
-    def eof_received(self) -> bool:
-        return False  # close the transport; connection_lost follows
+class ResponsePhase(enum.Enum):
+    """How far the current response has been parsed."""
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        if self.headers_done and not self.message_done and self._body_until_close():
-            self.message_done = True  # an HTTP/1.0-style body ends with the connection
-        elif not self.message_done:
-            reason = "backend closed the connection"
-            if not self.headers_done:
-                reason += " without sending a response"
-            self._error = self._error or httpx.RemoteProtocolError(
-                reason if exc is None else f"{reason}: {exc}"
-            )
-        self._wake()
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+    HEAD = "head"  # waiting for the final response head (interim ones are skipped)
+    BODY = "body"
+    DONE = "done"
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
 
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        if self._drain_waiter is not None and not self._drain_waiter.done():
-            self._drain_waiter.set_result(None)
+# Module-level names for the members: the hot path compares against them on
+# every callback, and a global lookup is cheaper than an enum attribute.
+NEW, ACTIVE, IDLE, CLOSED = ConnectionState
+HEAD, BODY, DONE = ResponsePhase
 
-    # -- httptools callbacks ----------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.headers = []
-        self.reason = b""
+class FlowControl:
+    """Back-pressure from the caller to the backend: stop reading while too much body is unread."""
 
-    def on_status(self, status: bytes) -> None:
-        self.reason += status
+    __slots__ = ("_transport", "buffered", "read_paused")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.buffered = 0
+        self.read_paused = False
 
-    def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
-        if 100 <= status < 200:
-            return  # interim response (100 Continue): wait for the final one
-        self.status = status
-        self.keep_alive = self._parser.should_keep_alive()
-        self.headers_done = True
-        if self.head_only:
-            self.message_done = True
-            self.keep_alive = False
-        self._wake()
+    def added(self, size: int) -> None:
+        self.buffered += size
+        if self.buffered > HIGH_WATER and not self.read_paused:
+            self.read_paused = True
+            self._transport.pause_reading()
 
-    def on_body(self, body: bytes) -> None:
-        self._chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > HIGH_WATER and not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
-        self._wake()
+    def taken(self, size: int) -> None:
+        self.buffered -= size
+        if self.read_paused and self.buffered < LOW_WATER:
+            self.read_paused = False
+            self._transport.resume_reading()
 
-    def on_message_complete(self) -> None:
-        if self.status == 0:
-            return  # end of an interim response
-        self.message_done = True
-        self._wake()
 
-    # -- used by the transport --------------------------------------------
+def expire_after(
+    loop: asyncio.AbstractEventLoop, waiter: asyncio.Future[None], timeout: float
+) -> asyncio.TimerHandle:
+    """Make ``waiter`` raise TimeoutError after ``timeout`` seconds; cancel the handle when done.
 
-    def _body_until_close(self) -> bool:
-        names = {name.lower() for name, _ in self.headers}
-        return b"content-length" not in names and b"transfer-encoding" not in names
-
-    def _fail(self, error: BaseException) -> None:
-        self._error = error
-        self.close()
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _wait(self, timeout: float, what: str) -> None:
-        # A bare timer handle: this runs for every response and every body
-        # chunk, where asyncio.timeout's context manager costs several µs.
-        waiter = self._waiter = self._loop.create_future()
-        timer = self._loop.call_later(timeout, _expire, waiter)
-        try:
-            await waiter
-        except TimeoutError:
-            raise httpx.ReadTimeout(f"backend sent no {what} within {timeout:g}s") from None
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-    def start(self, data: bytes, *, head_only: bool) -> None:
-        self._reset()
-        self._parser = httptools.HttpResponseParser(self)
-        self.head_only = head_only
-        if self.transport is None or self.closed:
-            raise httpx.WriteError("connection to backend is closed")
-        self.transport.write(data)
-
-    async def drain(self, timeout: float) -> None:
-        if self._write_paused and not self.closed:
-            self._drain_waiter = self._loop.create_future()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._drain_waiter
-            except TimeoutError:
-                raise httpx.WriteTimeout(f"backend did not read the request within {timeout:g}s") from None
-        if self._error is not None:
-            raise self._error
-
-    async def read_head(self, timeout: float) -> None:
-        while not self.headers_done:
-            if self._error is not None:
-                raise self._error
-            await self._wait(timeout, "response headers")
-
-    async def read_chunk(self, timeout: float) -> bytes:
-        """The next piece of body, or b"" at its end."""
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._buffered -= len(chunk)
-                if self._reading_paused and self._buffered < LOW_WATER and self.transport is not None:
-                    self._reading_paused = False
-                    self.transport.resume_reading()
-                return chunk
-            if self.message_done:
-                return b""
-            if self._error is not None:
-                raise httpx.ReadError(str(self._error)) from self._error
-            await self._wait(timeout, "body data")
-
-    @property
-    def reusable(self) -> bool:
-        return self.message_done and self.keep_alive and not self.closed and not self._chunks
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+    Every wait of the transport goes through this: a bare timer handle rather
+    than ``asyncio.timeout``, because it runs for every response and every body
+    chunk, where the context manager (or one more coroutine) costs µs.
+    """
+    return loop.call_later(timeout, _expire, waiter)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -226,28 +116,272 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError())
 
 
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+class _Stop(Exception):
+    """Raised from a parser callback to stop parsing; the reason is already stored."""
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to a backend; parses one response at a time."""
+
+    def __init__(self, key: HostKey, max_header_bytes: int, max_headers: int) -> None:
+        self.key = key
+        self.state = NEW
+        self.idle_since = 0.0
+        self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._flow: FlowControl  # set in connection_made, before any data
+        self._waiter: asyncio.Future[None] | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._begin(head_only=False)
+
+    def _begin(self, *, head_only: bool) -> None:
+        self.phase = HEAD
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = False
+        self.head_only = head_only
+        self.error: httpx.TransportError | None = None
+        self._head_wire_bytes = 0  # raw bytes while the head is awaited, interim heads included
+        self._head_size = 0  # status and header lines of the current message (or its trailers)
+        self._chunks: collections.deque[bytes] = collections.deque()
+
+    # -- asyncio.Protocol --------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self._flow = FlowControl(self._transport)  # type: ignore[arg-type]
+
+    def data_received(self, data: bytes) -> None:
+        if self.state is not ACTIVE or self.phase is DONE:
+            # Bytes nobody asked for: never parsed, and the connection is not reused.
+            self.close()
+            return
+        if self.phase is HEAD:
+            self._head_wire_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(InvalidResponse("backend switched protocols"))
+        except httptools.HttpParserError as exc:
+            if self.phase is DONE:
+                self.close()  # bytes after a complete response: it stands, the connection goes
+            elif self.error is None:
+                self._fail(InvalidResponse(f"invalid HTTP response from backend: {exc}"))
+            return
+        if self.phase is HEAD and self._head_wire_bytes > self._max_header_bytes:
+            self._fail(self._too_big("response head"))
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        if self.phase is BODY and self.error is None:
+            if exc is None and self._body_until_close():
+                self.phase = DONE  # an HTTP/1.0-style body ends with the connection
+            else:
+                self.error = httpx.ReadError(_closed_reason("in the middle of the response body", exc))
+        elif self.phase is HEAD and self.error is None:
+            self.error = httpx.RemoteProtocolError(_closed_reason("without sending a response", exc))
+        _wake(self._waiter)
+
+    # -- httptools callbacks ----------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.phase is not HEAD:
+            raise _Stop  # a second response after this one: never parsed
+        self.headers = []
+        self.reason = b""
+        self._head_size = 0
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status  # its size is counted with the head's, at on_headers_complete
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = self._head_size = self._head_size + len(name) + len(value) + HEADER_LINE_OVERHEAD
+        if self.phase is BODY:  # a trailer: bounded like the head, never relayed
+            if size > self._max_header_bytes:
+                self._fail(self._too_big("trailer section"))
+                raise _Stop
+            return
+        headers = self.headers
+        headers.append((name, value))
+        if size > self._max_header_bytes:
+            self._fail(self._too_big("response head"))
+            raise _Stop
+        if len(headers) > self._max_headers:
+            self._fail(InvalidResponse(f"backend sent more than {self._max_headers} response headers"))
+            raise _Stop
+
+    def _too_big(self, what: str) -> InvalidResponse:
+        # nginx says "upstream sent too big header"; the limit is the setting's.
+        return InvalidResponse(f"backend sent too big a {what} (over {self._max_header_bytes} bytes)")
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if not 100 <= status <= 599:
+            self._fail(InvalidResponse(f"backend sent status {status}, outside 100-599"))
+            raise _Stop
+        if self._head_size + len(self.reason) > self._max_header_bytes:
+            self._fail(self._too_big("response head"))
+            raise _Stop
+        if status < 200:
+            return  # interim response (100 Continue, 103 Early Hints): wait for the final one
+        self.status = status
+        self.keep_alive = self._parser.should_keep_alive()
+        if self._transport is not None and self._transport.get_write_buffer_size():
+            self.keep_alive = False  # an early answer: the backend has not read all the request
+        self.phase = DONE if self.head_only else BODY
+        self._head_size = 0  # trailers, if any, get a budget of their own
+        _wake(self._waiter)
+
+    def on_body(self, body: bytes) -> None:
+        if self.phase is not BODY:
+            return  # a 1xx response's payload is never relayed
+        self._chunks.append(body)
+        self._flow.added(len(body))
+        _wake(self._waiter)
+
+    def on_message_complete(self) -> None:
+        if self.phase is BODY:
+            self.phase = DONE
+            _wake(self._waiter)
+
+    # -- used by the transport and the response stream --------------------
+
+    def _body_until_close(self) -> bool:
+        names = {name.lower() for name, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
+
+    def _fail(self, error: httpx.TransportError) -> None:
+        if self.error is None:
+            self.error = error
+        self.close()
+        _wake(self._waiter)
+
+    def send(self, data: bytes, *, head_only: bool) -> bool:
+        """Write a request; False when the backend provably received none of it.
+
+        A connection already closing, or one whose first write failed at
+        once, took nothing; after that, what the backend saw is unknown.
+        """
+        transport = self._transport
+        if self.state is CLOSED or transport is None or transport.is_closing():
+            self.close()
+            return False
+        if self.state is not NEW:
+            self._parser = httptools.HttpResponseParser(self)
+            self._begin(head_only=head_only)
+        else:
+            self.head_only = head_only
+        self.state = ACTIVE
+        transport.write(data)
+        if transport.is_closing() and self.error is None and self.phase is HEAD:
+            self.close()  # the write failed before a byte left: the backend saw nothing
+            return False
+        return True
+
+    async def read_head(self, timeout: float) -> None:
+        while self.phase is HEAD:
+            if self.error is not None:
+                raise self.error
+            await self._wait(timeout, "response headers")
+
+    async def read_chunk(self, timeout: float) -> bytes:
+        """The next piece of body, or b"" at its end."""
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._flow.taken(len(chunk))
+                return chunk
+            if self.phase is DONE:
+                return b""
+            if self.error is not None:
+                raise self.error
+            await self._wait(timeout, "body data")
+
+    async def _wait(self, timeout: float, what: str) -> None:
+        waiter = self._waiter = self._loop.create_future()
+        timer = expire_after(self._loop, waiter, timeout)
+        try:
+            await waiter
+        except TimeoutError:
+            self.close()
+            raise httpx.ReadTimeout(f"backend sent no {what} within {timeout:g}s") from None
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def finish(self) -> bool:
+        """The response is over for the caller; True when the connection may carry another."""
+        if (
+            self.state is ACTIVE
+            and self.phase is DONE
+            and self.keep_alive  # False after an early answer, too
+            and not self.head_only
+            and not self._chunks
+        ):
+            self.state = IDLE
+            return True
+        self.close()
+        return False
+
+    @property
+    def usable(self) -> bool:
+        transport = self._transport
+        return self.state is IDLE and transport is not None and not transport.is_closing()
+
+    def close(self) -> None:
+        self.state = CLOSED
+        transport = self._transport
+        if transport is not None:
+            if transport.get_write_buffer_size():
+                transport.abort()  # a backend that answered early may never read the rest
+            else:
+                transport.close()
+
+
+def _closed_reason(when: str, exc: BaseException | None) -> str:
+    reason = f"backend closed the connection {when}"
+    return reason if exc is None else f"{reason}: {exc}"
+
+
 class _ResponseStream(httpx.AsyncByteStream):
-    """Streams a response body; hands the connection back when it was read to the end."""
+    """Streams a response body; hands the connection back to the pool when done with it."""
 
     def __init__(self, pool: UpstreamTransport, conn: _Connection, read_timeout: float) -> None:
         self._pool = pool
-        self._conn = conn
+        self._conn: _Connection | None = conn
         self._read_timeout = read_timeout
-        self._released = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         conn = self._conn
+        if conn is None:
+            return
         while chunk := await conn.read_chunk(self._read_timeout):
             yield chunk
 
     async def aclose(self) -> None:
-        if not self._released:
-            self._released = True
-            self._pool._release(self._conn)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.release(conn)
 
 
 class UpstreamTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 keep-alive connections to backends, reused most-recent first."""
+    """HTTP/1.1 keep-alive connections to backends, reused most-recent first.
+
+    With ``ssl_context``, connections use TLS, sending ``server_hostname``
+    (default: the host connected to) as SNI and verifying the certificate
+    against it -- a pod IP reached under its Service's name.
+    """
 
     def __init__(
         self,
@@ -256,42 +390,35 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         idle_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
+        max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
+        max_headers: int = DEFAULT_MAX_HEADERS,
     ) -> None:
         self._max_idle = max_idle_per_host
         self._idle_timeout = idle_timeout
-        # Pods are dialled by IP; their certificates name the Service.
         self._ssl = ssl_context
-        self._server_hostname = server_hostname if ssl_context is not None else None
+        self._server_hostname = server_hostname
+        self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers
         self._idle: dict[HostKey, list[_Connection]] = {}
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        key = (url.host, url.port or 80)
+        key = (url.host, url.port or (443 if self._ssl else 80))
         timeouts = request.extensions.get("timeout") or {}
-        connect_timeout = timeouts.get("connect") or DEFAULT_CONNECT_TIMEOUT
         read_timeout = timeouts.get("read") or DEFAULT_READ_TIMEOUT
         data = await self._serialize(request)
         head_only = request.method == "HEAD"
 
         conn = self._take_idle(key)
-        if conn is not None:
-            try:
-                return await self._exchange(conn, data, head_only, read_timeout)
-            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError):
-                if conn.received_any:
-                    raise
-                # The backend closed this idle connection as we reused it: it
-                # saw nothing, so sending once more on a new connection is safe.
-        conn = await self._connect(key, connect_timeout)
-        return await self._exchange(conn, data, head_only, read_timeout)
-
-    async def _exchange(
-        self, conn: _Connection, data: bytes, head_only: bool, read_timeout: float
-    ) -> httpx.Response:
+        while conn is not None and not conn.send(data, head_only=head_only):
+            conn = self._take_idle(key)  # it was closing: nothing was sent, try the next
+        if conn is None:
+            conn = await self._connect(key, timeouts.get("connect") or DEFAULT_CONNECT_TIMEOUT)
+            if not conn.send(data, head_only=head_only):
+                # Accepted, then closed before a byte of the request left: as good as refused.
+                raise httpx.ConnectError(f"{key[0]}:{key[1]} closed the connection before the request")
         try:
-            conn.start(data, head_only=head_only)
-            await conn.drain(read_timeout)
             await conn.read_head(read_timeout)
         except BaseException:
             conn.close()
@@ -316,25 +443,29 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
     async def _connect(self, key: HostKey, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
         host, port = key
+        tls = {"ssl": self._ssl, "server_hostname": self._server_hostname or host} if self._ssl else {}
+        connecting = loop.create_task(
+            loop.create_connection(
+                lambda: _Connection(key, self._max_header_bytes, self._max_headers), host, port, **tls
+            )
+        )
+        done = loop.create_future()
+        connecting.add_done_callback(lambda _: _wake(done))
+        timer = expire_after(loop, done, timeout)
         try:
-            async with asyncio.timeout(timeout):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(key),
-                    host,
-                    port,
-                    ssl=self._ssl,
-                    server_hostname=self._server_hostname,
-                    ssl_handshake_timeout=timeout if self._ssl is not None else None,
-                )
+            await done
         except TimeoutError:
+            connecting.cancel()
             raise httpx.ConnectTimeout(f"no connection to {host}:{port} within {timeout:g}s") from None
-        except ssl.SSLCertVerificationError as exc:
-            raise httpx.ConnectError(
-                f"cannot connect to {host}:{port}: certificate verify failed: {exc.verify_message}"
-            ) from exc
+        except BaseException:
+            connecting.cancel()
+            raise
+        finally:
+            timer.cancel()
+        try:
+            _, conn = connecting.result()
         except ssl.SSLError as exc:
-            detail = exc.reason or str(exc)
-            raise httpx.ConnectError(f"cannot connect to {host}:{port}: TLS failed: {detail}") from exc
+            raise httpx.ConnectError(f"TLS with {host}:{port} failed: {exc}") from exc
         except OSError as exc:
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
         return conn
@@ -344,13 +475,14 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         now = time.monotonic()
         while stack:
             conn = stack.pop()
-            if not conn.closed and now - conn.idle_since < self._idle_timeout:
+            if conn.usable and now - conn.idle_since < self._idle_timeout:
                 return conn
             conn.close()
         return None
 
-    def _release(self, conn: _Connection) -> None:
-        if not conn.reusable or self._closed:
+    def release(self, conn: _Connection) -> None:
+        """Take back a connection whose response the caller is done with: pooled or closed."""
+        if not conn.finish() or self._closed:
             conn.close()
             return
         stack = self._idle.setdefault(conn.key, [])
@@ -361,7 +493,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         stack.append(conn)
 
     def idle_connections(self, host: str, port: int) -> int:
-        return sum(not c.closed for c in self._idle.get((host, port), ()))
+        return sum(c.usable for c in self._idle.get((host, port), ()))
 
     def forget(self, host: str, port: int) -> None:
         """Close the idle connections to a backend that left the pool."""

@@ -102,7 +102,16 @@ SECTIONS: list[tuple[str, list[str]]] = [
         "Outlier detection",
         ["outlier_consecutive_failures", "outlier_ejection_secs", "outlier_max_ejected_percent"],
     ),
-    ("Limits and overload", ["max_body_bytes", "max_pending", "max_buffered_bytes"]),
+    (
+        "Limits and overload",
+        [
+            "max_body_bytes",
+            "max_pending",
+            "max_buffered_bytes",
+            "backend_max_header_bytes",
+            "backend_max_headers",
+        ],
+    ),
     (
         "Client connections",
         [
@@ -384,6 +393,18 @@ DOCS: dict[str, Doc] = {
         "`X-Forwarded-For` and `X-Forwarded-Proto` are replaced by what the proxy saw and "
         "`X-Forwarded-Host`, `X-Real-IP` and `Forwarded` are removed. "
         "See [Trusted forwarders](limits.md#trusted-forwarders).",
+    ),
+    "backend_max_header_bytes": Doc(
+        helm=("limits.backendMaxHeaderBytes",),
+        note="The status line and header lines, including any interim (1xx) responses before the "
+        "final one; a chunked body's trailer section gets the same budget (trailers are never "
+        "relayed). Above it the client gets 502 and the connection is closed, as nginx answers "
+        '"upstream sent too big header" beyond `proxy_buffer_size` (4-8 KiB there). An invalid '
+        "response is not retried: another attempt meets the same backend software.",
+    ),
+    "backend_max_headers": Doc(
+        helm=("limits.backendMaxHeaders",),
+        note="Counted per response; 502 above it, not retried.",
     ),
     "shutdown_grace_secs": Doc(
         helm=("shutdown.graceSecs",),

@@ -88,6 +88,8 @@ VALUES_OF_FIELD: dict[str, tuple[str, Any, str | SecretRef]] = {
     "send_timeout_secs": ("clients.sendTimeoutSecs", 120, "120"),
     "keepalive_timeout_secs": ("clients.keepAliveTimeoutSecs", 30, "30"),
     "trusted_proxies": ("clients.trustedProxies", ["10.0.0.0/8", "fd00::/8"], "10.0.0.0/8,fd00::/8"),
+    "backend_max_header_bytes": ("limits.backendMaxHeaderBytes", 16384, "16384"),
+    "backend_max_headers": ("limits.backendMaxHeaders", 50, "50"),
     "shutdown_grace_secs": ("shutdown.graceSecs", 12.5, "12.5"),
     "self_ip": ("selfIp", "10.1.2.3", "10.1.2.3"),
     "dns_nameservers": (

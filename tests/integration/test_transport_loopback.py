@@ -150,7 +150,15 @@ async def test_body_until_close_and_head_responses() -> None:
     await transport.aclose()
 
 
-async def test_stale_idle_connection_is_replaced_transparently() -> None:
+async def wait_idle(transport: UpstreamTransport, host: str, port: int, count: int) -> None:
+    for _ in range(200):  # bounded: 2 s at most
+        if transport.idle_connections(host, port) == count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"idle connections never reached {count}")
+
+
+async def test_idle_connection_closed_by_backend_is_replaced_transparently() -> None:
     async def one_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -162,7 +170,28 @@ async def test_stale_idle_connection_is_replaced_transparently() -> None:
         for _ in range(3):
             _, body = await fetch(transport, request(host, port))
             assert body == b"ok"
+            await wait_idle(transport, host, port, 0)  # the close was seen: nothing is sent there
         assert len(connections) == 3
+    await transport.aclose()
+
+
+async def test_reused_connection_lost_after_the_write_is_not_resent() -> None:
+    arrivals: list[bytes] = []
+
+    async def answer_once_then_swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head, _ = await read_request(reader)
+        arrivals.append(head)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        head, _ = await read_request(reader)
+        arrivals.append(head)  # read, then the connection is dropped without an answer
+
+    transport = UpstreamTransport()
+    async with serve(answer_once_then_swallow) as (host, port, connections):
+        await fetch(transport, request(host, port))
+        with pytest.raises(httpx.RemoteProtocolError):
+            await fetch(transport, request(host, port, b"/write", "POST", content=b"m v=1"))
+        assert len(arrivals) == 2 and len(connections) == 1
     await transport.aclose()
 
 
@@ -244,7 +273,7 @@ async def test_large_body_is_streamed_with_back_pressure() -> None:
         response = await transport.handle_async_request(request(host, port))
         await asyncio.sleep(0.3)  # the reader is slow: the transport must stop buffering
         conn = response.stream._conn  # type: ignore[union-attr]
-        assert conn._buffered <= 2 * 1024 * 1024
+        assert conn._flow.buffered <= 2 * 1024 * 1024
         total = 0
         async for chunk in response.stream:  # type: ignore[union-attr]
             total += len(chunk)
