@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.access_log import AccessLog
 from app.admin import admin_routes
 from app.discovery import Resolver, SystemResolver
 from app.metrics import Metrics
@@ -25,6 +26,7 @@ def create_app(
     probe_transport: httpx.AsyncBaseTransport | None = None,
     resolver: Resolver | None = None,
     metrics: Metrics | None = None,
+    access_log: AccessLog | None = None,
 ) -> Starlette:
     """Build the proxy; every external dependency can be replaced (tests use respx and fakes)."""
     state = ProxyState(
@@ -33,6 +35,7 @@ def create_app(
         forward_transport=forward_transport,
         probe_transport=probe_transport,
         metrics=metrics,
+        access_log=access_log,
     )
 
     @contextlib.asynccontextmanager

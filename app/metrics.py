@@ -130,6 +130,11 @@ class Metrics:
             "DNS resolutions of the backend service that failed (the pool was kept).",
             registry=r,
         )
+        self.access_log_dropped = Counter(
+            "hyperbytedb_proxy_access_log_dropped_total",
+            "Access log lines dropped because the log output could not keep up.",
+            registry=r,
+        )
         for health in Health:
             self.backends.labels(health.value).set(0)
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable
 
 import httpx
 
+from app.access_log import AccessLog
 from app.backend import Backend, Health, Transition
 from app.client import ForwardingClient
 from app.discovery import Discovery, Resolver
@@ -37,9 +38,13 @@ class ProxyState:
         forward_transport: httpx.AsyncBaseTransport | None = None,
         probe_transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.access_log = access_log or AccessLog(
+            settings.log_format, on_drop=self.metrics.access_log_dropped.inc
+        )
         self.pool = BackendPool(settings.backend_port)
         self.pool.add_listener(self._on_transition)
         self.upstream = forward_transport or UpstreamTransport()
@@ -56,7 +61,14 @@ class ProxyState:
             min_retries=settings.retry_budget_min_retries,
             window_secs=settings.retry_budget_window_secs,
         )
-        self.proxy = ProxyEndpoint(settings, self.pool, self.forward_client, self.metrics, self.retry_budget)
+        self.proxy = ProxyEndpoint(
+            settings,
+            self.pool,
+            self.forward_client,
+            self.metrics,
+            self.retry_budget,
+            access_log=self.access_log,
+        )
         self.health = HealthChecker(settings, self.pool, self.probe_client, self.metrics)
         self.exclusions = ExclusionStore(shared_exclusions_path() if settings.workers > 1 else None)
         self.discovery = Discovery(
@@ -71,6 +83,7 @@ class ProxyState:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        self.access_log.start()
         self.exclusions.reload()  # a worker (re)started by gunicorn honours existing exclusions at once
         try:
             async with asyncio.timeout(STARTUP_DISCOVERY_TIMEOUT):
@@ -104,6 +117,7 @@ class ProxyState:
         await self.health.aclose()
         await self.forward_client.aclose()
         await self.probe_client.aclose()
+        self.access_log.close()  # every request has finished: write its lines before exiting
 
     def begin_shutdown(self) -> None:
         """Readiness fails from now on, so load balancers stop sending new traffic."""
