@@ -102,9 +102,8 @@ class AccessLog:
         if writer is None:
             return
         atexit.unregister(self.close)
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
-            self._flush_timer = None
+        # Not cancelled: at exit the loop may be closed already; firing later, it finds nothing to do.
+        self._flush_timer = None
         self._hand_over(writer)
         writer.close(CLOSE_TIMEOUT_SECS)
 
