@@ -446,6 +446,11 @@ class ProxyEndpoint:
 
     # -- bookkeeping -----------------------------------------------------
 
+    def _client_address(self, scope: Scope) -> str | None:
+        """The access log's ``client`` field: decided here and nowhere else."""
+        client = scope.get("client")
+        return client[0] if client else None
+
     def _record(self, exchange: _Exchange) -> None:
         elapsed = time.perf_counter() - exchange.started
         outcome = exchange.outcome
@@ -466,15 +471,9 @@ class ProxyEndpoint:
                     "attempts": exchange.attempts,
                     "held_ms": round(exchange.held * 1000, 1),
                     "duration_ms": round(elapsed * 1000, 2),
-                    "client": client_address(scope),
+                    "client": self._client_address(scope),
                 }
             )
-
-
-def client_address(scope: Scope) -> str | None:
-    """The access log's ``client`` field: decided here and nowhere else."""
-    client = scope.get("client")
-    return client[0] if client else None
 
 
 class _HoldRefused(_Overloaded):
