@@ -13,7 +13,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 REDACTED = "[REDACTED]"
 
@@ -102,12 +102,20 @@ class _DropUvicornTraceback(logging.Filter):
         return not (record.exc_info and isinstance(record.exc_info[1], self._expected))
 
 
+class OperatorHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`setup_logging` installs; the access log writes to its stream directly."""
+
+    def __init__(self, stream: TextIO, log_format: str) -> None:
+        super().__init__(stream)
+        self.log_format = log_format
+        self.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+
+
 def setup_logging(
     log_format: str, level: str, *, quiet_exceptions: tuple[type[BaseException], ...] = ()
 ) -> None:
     """Route every logger (uvicorn's included) through one redacting handler on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler = OperatorHandler(sys.stderr, log_format)
     if quiet_exceptions:
         handler.addFilter(_DropUvicornTraceback(quiet_exceptions))
     root = logging.getLogger()

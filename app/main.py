@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.access_log import AccessLog
 from app.admin import admin_routes
 from app.discovery import Resolver, SystemResolver
 from app.metrics import Metrics
@@ -27,6 +28,7 @@ def create_app(
     peer_transport: httpx.AsyncBaseTransport | None = None,
     resolver: Resolver | None = None,
     metrics: Metrics | None = None,
+    access_log: AccessLog | None = None,
 ) -> Starlette:
     """Build the proxy; every external dependency can be replaced (tests use respx and fakes)."""
     state = ProxyState(
@@ -36,6 +38,7 @@ def create_app(
         probe_transport=probe_transport,
         peer_transport=peer_transport,
         metrics=metrics,
+        access_log=access_log,
     )
 
     @contextlib.asynccontextmanager

@@ -168,6 +168,11 @@ class Metrics:
             registry=r,
         )
         self._errors_seen: dict[str, tuple[Backend, int]] = {}
+        self.access_log_dropped = Counter(
+            "hyperbytedb_proxy_access_log_dropped_total",
+            "Access log lines dropped because the log output could not keep up.",
+            registry=r,
+        )
         for health in Health:
             self.backends.labels(health.value).set(0)
         self.backends.labels(EJECTED).set(0)

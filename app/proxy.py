@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from app.access_log import AccessLog
 from app.backend import Backend
 from app.forwarded import TrustedProxies, client_address
 from app.headers import request_headers, response_headers
@@ -50,7 +51,6 @@ Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-access_log = logging.getLogger("hyperbytedb_proxy.access")
 log = logging.getLogger("hyperbytedb_proxy.proxy")
 
 DRAIN_MARKERS = (b'"status":"warn"', b"Draining", b"Syncing", b"Joining", b"Leaving", b"draining")
@@ -103,8 +103,10 @@ class ProxyEndpoint:
         retry_budget: RetryBudget,
         *,
         outlier: OutlierDetector | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self._settings = settings
+        self._access_log = access_log or AccessLog(settings.log_format)
         self._pool = pool
         self._client = client
         self._metrics = metrics
@@ -482,29 +484,32 @@ class ProxyEndpoint:
 
     # -- bookkeeping -----------------------------------------------------
 
+    def _client_address(self, scope: Scope) -> str | None:
+        """The access log's ``client`` field: decided here and nowhere else (trusted forwarders rule)."""
+        return client_address(scope, self._trusted)
+
     def _record(self, exchange: _Exchange) -> None:
         elapsed = time.perf_counter() - exchange.started
-        self.outcomes[exchange.outcome] += 1
-        self._metrics.outcome[exchange.outcome].inc()
+        outcome = exchange.outcome
+        self.outcomes[outcome] += 1
+        self._metrics.outcome[outcome].inc()
         self._metrics.request_duration.observe(elapsed)
-        if access_log.isEnabledFor(logging.INFO):
+        access_log = self._access_log
+        if access_log.enabled:
             scope = exchange.scope
-            access_log.info(
-                "request",
-                extra={
-                    "fields": {
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "query": redact_query(scope.get("query_string", b"").decode("latin-1")),
-                        "status": exchange.status,
-                        "outcome": exchange.outcome,
-                        "backend": exchange.backend_name,
-                        "attempts": exchange.attempts,
-                        "held_ms": round(exchange.held * 1000, 1),
-                        "duration_ms": round(elapsed * 1000, 2),
-                        "client": client_address(scope, self._trusted),
-                    }
-                },
+            access_log.record(
+                {
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "query": redact_query(scope.get("query_string", b"").decode("latin-1")),
+                    "status": exchange.status,
+                    "outcome": outcome,
+                    "backend": exchange.backend_name,
+                    "attempts": exchange.attempts,
+                    "held_ms": round(exchange.held * 1000, 1),
+                    "duration_ms": round(elapsed * 1000, 2),
+                    "client": self._client_address(scope),
+                }
             )
 
 

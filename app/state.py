@@ -11,6 +11,7 @@ from collections.abc import Awaitable
 
 import httpx
 
+from app.access_log import AccessLog
 from app.backend import Backend, Health, Transition
 from app.client import ForwardingClient
 from app.discovery import Discovery, Resolver
@@ -42,9 +43,13 @@ class ProxyState:
         probe_transport: httpx.AsyncBaseTransport | None = None,
         peer_transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
+        self.access_log = access_log or AccessLog(
+            settings.log_format, on_drop=self.metrics.access_log_dropped.inc
+        )
         tls = backend_context(settings)
         self.pool = BackendPool(
             settings.backend_port, scheme="http" if tls is None else "https", lb_policy=settings.lb_policy
@@ -80,7 +85,13 @@ class ProxyState:
             on_eject=lambda backend, kind: self.metrics.outlier_ejections.labels(kind.value).inc(),
         )
         self.proxy = ProxyEndpoint(
-            settings, self.pool, self.forward_client, self.metrics, self.retry_budget, outlier=self.outlier
+            settings,
+            self.pool,
+            self.forward_client,
+            self.metrics,
+            self.retry_budget,
+            outlier=self.outlier,
+            access_log=self.access_log,
         )
         self.health = HealthChecker(settings, self.pool, self.probe_client, self.metrics, tls_name=tls_name)
         self.exclusions = ExclusionStore(
@@ -106,6 +117,7 @@ class ProxyState:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        self.access_log.start()
         self.exclusions.reload()  # a worker (re)started by gunicorn honours existing exclusions at once
         try:
             async with asyncio.timeout(STARTUP_DISCOVERY_TIMEOUT):
@@ -152,6 +164,7 @@ class ProxyState:
         await self.probe_client.aclose()
         if self.peer_client is not None:
             await self.peer_client.aclose()
+        self.access_log.close()  # every request has finished: write its lines before exiting
 
     def begin_shutdown(self) -> None:
         """Readiness fails from now on, so load balancers stop sending new traffic."""

@@ -5,10 +5,11 @@ Each variant is a directory holding an ``app`` package -- the repository itself
 
     mkdir -p /tmp/proto/freeze && cp -r app /tmp/proto/freeze/
     $EDITOR /tmp/proto/freeze/app/__main__.py
-    .venv/bin/python -m bench.ab . /tmp/proto/freeze . :LOG_LEVEL=info
+    .venv/bin/python -m bench.ab . /tmp/proto/freeze . :LOG_LEVEL=warning
 
 ``DIR:VAR=VALUE+VAR=VALUE`` adds environment variables (``:VAR=VALUE`` alone
-means the repository's app).  Variants run one after the other in each round,
+means the repository's app) to the proxy's defaults (access log on; the
+example's last variant turns it off).  Variants run one after the other in each round,
 next to the nginx backend, and the rounds repeat the order, so a slow minute of
 a shared machine hits every variant alike.  Reported per variant and
 connection count: median req/s, p50, p99 and proxy CPU microseconds per request.

@@ -4,8 +4,12 @@ Topology (all loopback, all one port per process):
 
     wrk -> nginx backend         127.0.0.2:B   fixed /query, /write, /health answers
     wrk -> nginx reverse proxy   127.0.0.3:R   -> 127.0.0.2:B (and 127.0.0.5:S for the stream)
+    wrk -> uvicorn ceiling       127.0.0.1:*   the backend's answers from a bare ASGI app
     wrk -> ours                  127.0.0.1:*   -> 127.0.0.2:B (one instance per variant)
     curl -> sim node             127.0.0.5:S   /_sim/stream, the streaming backend
+
+Every row runs its target's defaults unless its label says otherwise: ours
+and nginx both with their access log on, next to a row of each with it off.
 
 The nginx backend runs for the whole request phase; every other target runs
 alone next to it, one after the other, so the two cores are shared only by
@@ -31,6 +35,7 @@ from typing import Any
 
 from bench import procfs, report, stream, tls, wrk
 from bench.nginx import NginxProcess, backend_config, reverse_proxy_config
+from bench.progress import Progress
 from bench.report import Row, StreamRow
 from bench.tools import ToolError, ensure
 from sim.processes import REPO_ROOT, ManagedProcess, NodeProcess, ProxyProcess, free_port, stop_all
@@ -46,9 +51,13 @@ FULL_STREAM_BYTES = 1024 * 1024 * 1024
 QUICK_STREAM_BYTES = 64 * 1024 * 1024
 WARMUP_SECS = 1
 PAUSE_SECS = 0.5  # between wrk runs: let the previous run's connections close
+STEP_OVERHEAD_SECS = 1.5  # a target's start and warm-up, spread over its runs: for the first estimate
+STREAM_STEPS = 4  # the stream rows
 IDLE_REQUESTS = 20
 READY_TIMEOUT = 30.0
 DEFAULT_JSON = REPO_ROOT / ".bench" / "results.json"
+
+Combos = list[tuple[str, int]]  # (scenario, connections) runs of one target
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -112,6 +121,7 @@ class Bench:
         self.memory: dict[str, int | None] = {"idle RSS": None, "RSS after load": None}
         self.notes: list[str] = []
         self.tls_lines: list[str] = []
+        self.progress: Progress | None = None  # set by main(); other drivers (bench.ab) go without
 
     # ------------------------------------------------------------ processes
 
@@ -131,11 +141,16 @@ class Bench:
         )
         return self._started(proc)
 
-    def start_nginx_rp(self) -> NginxProcess:
-        directory = self.workdir / "nginx-rp"
+    def start_nginx_rp(self, *, access_log: bool = False) -> NginxProcess:
+        directory = self.workdir / ("nginx-rp-log" if access_log else "nginx-rp")
         port = free_port(NGINX_HOST)
         config = reverse_proxy_config(
-            directory, NGINX_HOST, port, (BACKEND_HOST, self.backend_port), (STREAM_HOST, self.stream_port)
+            directory,
+            NGINX_HOST,
+            port,
+            (BACKEND_HOST, self.backend_port),
+            (STREAM_HOST, self.stream_port),
+            access_log=access_log,
         )
         proc = NginxProcess(self.tools["nginx"], directory, config, NGINX_HOST, port, label=f"rp-{port}")
         return self._started(proc)
@@ -162,7 +177,6 @@ class Bench:
             "HYPERBYTEDB_PROXY_BACKEND_SERVICE": host,
             "HYPERBYTEDB_PROXY_BACKEND_PORT": str(port),
             "HYPERBYTEDB_PROXY_SHUTDOWN_GRACE_SECS": "2",
-            "LOG_LEVEL": "warning",
             **(env or {}),
         }
         proc = ProxyProcess(environment, listen=f"{OURS_HOST}:{listen_port}", argv=argv, log_dir=self.logs)
@@ -205,6 +219,8 @@ class Bench:
             if not alive():
                 row.status, row.note = "failed", "target process exited"
                 continue
+            if self.progress is not None:
+                self.progress.step(f"{target}, {scenario} x{conns}, {self.args.duration} s")
             time.sleep(PAUSE_SECS)
             before = procfs.tree_cpu_ticks(pid)
             try:
@@ -241,36 +257,58 @@ class Bench:
         for scenario, conns in combos or [(s, c) for s in self.scenarios for c in self.args.connections]:
             self.rows.append(Row(target, scenario, conns, status=status, note=reason))
 
+    def targets(self) -> list[tuple[str, Callable[[], NginxProcess | ProxyProcess], Combos | None]]:
+        """Every request target after the backend, in order: name, starter, runs (None: all)."""
+
+        def ours() -> ProxyProcess:
+            proc = self.start_ours()
+            self.memory["idle RSS"] = self._idle_rss(proc)
+            return proc
+
+        # The access log's cost is judged at 32 connections, right after the default row.
+        at32 = 32 if 32 in self.args.connections else max(self.args.connections)
+        targets: list[tuple[str, Callable[[], NginxProcess | ProxyProcess], Combos | None]] = [
+            (report.NGINX, self.start_nginx_rp, None),
+            (report.NGINX_ACCESS_LOG, lambda: self.start_nginx_rp(access_log=True), None),
+            (report.CEILING, lambda: self.start_ours(argv=[sys.executable, "-m", "bench.ceiling"]), None),
+            (report.OURS, ours, None),
+            (
+                report.OURS_LOG_OFF,
+                lambda: self.start_ours(env={"LOG_LEVEL": "warning"}),
+                [(scenario, at32) for scenario in self.scenarios],
+            ),
+            (
+                report.OURS_HTTPCORE,
+                lambda: self.start_ours(argv=[sys.executable, "-m", "bench.variant"]),
+                None,
+            ),
+        ]
+        if self._gunicorn_unavailable() is None:
+            targets.append((report.OURS_GUNICORN, self._start_gunicorn, None))
+        return targets
+
+    def all_combos(self) -> Combos:
+        return [(s, c) for s in self.scenarios for c in self.args.connections]
+
+    def planned_steps(self) -> int:
+        steps = 0
+        if self.scenarios:
+            steps = len(self.all_combos()) * (1 + len(self.targets()))
+            steps -= sum(len(self.all_combos()) - len(c) for _, _, c in self.targets() if c is not None)
+        return steps + (STREAM_STEPS if "stream" in self.args.only else 0)
+
     def request_phase(self) -> None:
         backend = self.start_backend()
         try:
             say(f"backend nginx on {backend.url}")
             self.measure(report.BACKEND, backend.url, backend.pid or 0, alive=lambda: backend.running)
-
-            self._run_target(report.NGINX, self.start_nginx_rp)
-
-            def ours() -> ProxyProcess:
-                proc = self.start_ours()
-                self.memory["idle RSS"] = self._idle_rss(proc)
-                return proc
-
-            self._run_target(report.OURS, ours, after=self._rss_after_load)
-            self._run_target(
-                report.OURS_HTTPCORE, lambda: self.start_ours(argv=[sys.executable, "-m", "bench.variant"])
-            )
-            log_scenario = self.scenarios[0]
-            log_conns = 32 if 32 in self.args.connections else max(self.args.connections)
-            self._run_target(
-                report.OURS_ACCESS_LOG,
-                lambda: self.start_ours(env={"LOG_LEVEL": "info"}),
-                combos=[(log_scenario, log_conns)],
-            )
+            for target, start, combos in self.targets():
+                after = self._rss_after_load if target == report.OURS else None
+                self._run_target(target, start, combos=combos, after=after)
             reason = self._gunicorn_unavailable()
             if reason:
                 self.skip(report.OURS_GUNICORN, reason)
                 self.notes.append(f"gunicorn variant skipped: {reason}")
-            else:
-                self._run_target(report.OURS_GUNICORN, self._start_gunicorn)
         finally:
             self._stop(backend)
 
@@ -290,6 +328,8 @@ class Bench:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 say(f"{target} did not start: {exc}")
                 self.skip(target, f"did not start: {first[:60]}", combos, status="failed")
+                if self.progress is not None:
+                    self.progress.skip(len(combos or self.all_combos()))
                 self.notes.append(f"{target} did not start: {first}")
                 return
             say(f"{target} on {proc.url} (pid {proc.pid})")
@@ -365,6 +405,8 @@ class Bench:
     ) -> None:
         row = StreamRow(target)
         self.streams.append(row)
+        if self.progress is not None:
+            self.progress.step(f"{target}, stream of {self.args.stream_bytes / report.MIB:g} MiB")
         try:
             warm = stream.stream_path(1024 * 1024)
             warm_base = base + ("/buffered" if path.startswith("/buffered") else "")
@@ -388,6 +430,34 @@ class Bench:
         say(f"{target:<42} stream: {row.result.mb_per_s:,.0f} MB/s in {row.result.seconds:.2f} s{growth}")
 
     # ------------------------------------------------------------ summary
+
+    def _access_log_lines(self) -> list[str]:
+        """What the access log costs, ours and nginx's, each against itself with the log off."""
+        lines: list[str] = []
+        for on_target, off_target, what in (
+            (report.OURS, report.OURS_LOG_OFF, "ours"),
+            (report.NGINX_ACCESS_LOG, report.NGINX, "nginx"),
+        ):
+            for scenario in self.scenarios:
+                for conns in self.args.connections:
+                    on = report._find(self.rows, on_target, scenario, conns)
+                    off = report._find(self.rows, off_target, scenario, conns)
+                    if on is None or off is None or on.wrk is None or off.wrk is None:
+                        continue
+                    if not on.wrk.rps or not off.wrk.rps:
+                        continue
+                    added_us = (1 / on.wrk.rps - 1 / off.wrk.rps) * 1e6
+                    cpu = (
+                        f", CPU {on.cpu_per_10k:.2f} vs {off.cpu_per_10k:.2f} s/10k"
+                        if on.cpu_per_10k is not None and off.cpu_per_10k is not None
+                        else ""
+                    )
+                    lines.append(
+                        f"Access log of {what}, {scenario} x{conns}: {on.wrk.rps:,.0f} req/s on vs "
+                        f"{off.wrk.rps:,.0f} off = {on.wrk.rps / off.wrk.rps:.2f} x, "
+                        f"{added_us:+.1f} us per request{cpu}"
+                    )
+        return ["", *lines] if lines else []
 
     def comparisons(self) -> list[str]:
         """The transport comparison and the cost of the access log, as text lines."""
@@ -426,23 +496,7 @@ class Bench:
             "errors b/h",
         ]
         lines += report._table(headers, body)
-        for row in self.rows:
-            if row.target != report.OURS_ACCESS_LOG or row.wrk is None:
-                continue
-            base = report._find(self.rows, report.OURS, row.scenario, row.conns)
-            if base is None or not base.wrk.rps or not row.wrk.rps:  # type: ignore[union-attr]
-                continue
-            added_us = (1 / row.wrk.rps - 1 / base.wrk.rps) * 1e6  # type: ignore[union-attr]
-            cpu = (
-                f", CPU {row.cpu_per_10k:.2f} vs {base.cpu_per_10k:.2f} s/10k"
-                if row.cpu_per_10k is not None and base.cpu_per_10k is not None
-                else ""
-            )
-            lines += [
-                "",
-                f"Access log (LOG_LEVEL=info), {row.scenario} x{row.conns}: {row.wrk.rps:,.0f} vs "
-                f"{base.wrk.rps:,.0f} req/s without it = {added_us:+.1f} us per request{cpu}",
-            ]  # type: ignore[union-attr]
+        lines += self._access_log_lines()
         return lines
 
 
@@ -475,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="hyperbytedb-bench-"))
     bench = Bench(args, tools, workdir)
+    bench.progress = Progress(bench.planned_steps(), args.duration + PAUSE_SECS + STEP_OVERHEAD_SECS, say=say)
     ok = interrupted = False
     with _signals_interrupt():
         try:

@@ -22,6 +22,7 @@ from starlette.applications import Starlette
 from starlette.responses import Response
 from starlette.routing import Route
 
+from app.access_log import AccessLog
 from app.headers import request_headers, response_headers
 from app.logs import TextFormatter, redact_query
 from app.metrics import Metrics
@@ -145,6 +146,25 @@ def sync_pieces(n: int) -> list[tuple[str, float]]:
         )
 
     out.append(("access log line (TextFormatter + redact, to memory)", timed(log_line, n // 4)))
+    writer = AccessLog("text")
+    fields = {
+        "method": "GET",
+        "path": "/query",
+        "query": redact_query(TARGET.partition(b"?")[2].decode("latin-1")),
+        "status": 200,
+        "outcome": "ok",
+        "backend": "127.0.0.2:8086",
+        "attempts": 1,
+        "held_ms": 0.0,
+        "duration_ms": 0.41,
+        "client": "127.0.0.1",
+    }
+    out.append(
+        (
+            "access log line (AccessLog.line: the same line, no logging)",
+            timed(lambda: writer.line(time.time(), fields), n),
+        )
+    )
     line = "2026-11-27T11:32:35.123Z INFO hyperbytedb_proxy.access request method=GET path=/query " * 1
     from app.logs import redact
 

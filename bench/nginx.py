@@ -2,7 +2,7 @@
 
 Everything nginx writes (pid file, temp files, error log) stays in a
 directory of its own; it runs in the foreground with one worker, without an
-access log, as every target here does.
+access log unless the row says otherwise.
 """
 
 from __future__ import annotations
@@ -61,7 +61,13 @@ def backend_config(directory: Path, host: str, port: int) -> str:
 
 
 def reverse_proxy_config(
-    directory: Path, host: str, port: int, backend: tuple[str, int], stream_backend: tuple[str, int]
+    directory: Path,
+    host: str,
+    port: int,
+    backend: tuple[str, int],
+    stream_backend: tuple[str, int],
+    *,
+    access_log: bool = False,
 ) -> str:
     """nginx as the reverse proxy people deploy: keep-alive upstream, HTTP/1.1 both ways.
 
@@ -70,7 +76,11 @@ def reverse_proxy_config(
     up in front of streaming APIs, and the mode comparable to ours (bounded
     memory, no spooling to disk) -- and under ``/buffered/`` with buffering on,
     for reference.
+
+    With ``access_log``, nginx logs every request as it does out of the box
+    (``combined`` format, one unbuffered write per request, to a file).
     """
+    log = f"access_log {directory / 'access.log'};" if access_log else ""
     upstream = 'proxy_http_version 1.1; proxy_set_header Connection "";'
     return (
         _common(directory)
@@ -85,6 +95,7 @@ def reverse_proxy_config(
     }}
     server {{
         listen {host}:{port} backlog=4096;
+        {log}
         location / {{ proxy_pass http://backend; {upstream} }}
         location /_sim/ {{ proxy_pass http://stream_backend; {upstream} proxy_buffering off; }}
         location /buffered/ {{ proxy_pass http://stream_backend/; {upstream} proxy_buffering on; }}

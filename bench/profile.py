@@ -31,6 +31,7 @@ DEFAULT_OUTPUT = REPO_ROOT / ".bench" / "profile.txt"
 
 # Layer of a frame, by where its code lives; checked in order.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("access log (app/access_log.py, event loop and writer thread)", ("app/access_log.py",)),
     ("logging (stdlib + app/logs.py)", ("logging/", "app/logs.py")),
     ("prometheus-client metrics", ("prometheus_client/",)),
     ("builtin transport (app/transport.py)", ("app/transport.py",)),
@@ -124,6 +125,7 @@ HOT_PATH = (
     ("asyncio.timeout (anywhere)", "*", "asyncio/timeouts.py", None),
     ("prometheus-client (anywhere)", "*", "prometheus_client/", None),
     ("logging (anywhere)", "*", "logging/", None),
+    ("access log: formatting, batching, hand-over (anywhere)", "*", "app/access_log.py", None),
     ("gc callbacks / weakref cleanup (anywhere)", "*", "_weakrefset.py", None),
 )
 
@@ -156,6 +158,12 @@ def layer_of(frames: Sequence[tuple[str, str]]) -> str:
     return LOOP
 
 
+def _blocked(frames: Sequence[tuple[str, str]]) -> bool:
+    """A thread waiting on a condition (the access log's writer, idle): py-spy counts it, the CPU does not."""
+    name, path = frames[-1]
+    return name == "Condition.wait" and path.endswith("threading.py")
+
+
 def summarize(
     stacks: Iterable[tuple[list[tuple[str, str]], int]],
 ) -> tuple[int, collections.Counter[str], collections.Counter[str]]:
@@ -163,6 +171,8 @@ def summarize(
     layers: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     for frames, count in stacks:
+        if _blocked(frames):
+            continue
         total += count
         layers[layer_of(frames)] += count
         for label, function, fragment, unless in HOT_PATH:

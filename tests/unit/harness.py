@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import respx
 
+from app.access_log import AccessLog
 from app.backend import Backend, Health
 from app.discovery import LookupFailed
 from app.main import create_app
@@ -50,7 +51,9 @@ def make_settings(**env: Any) -> Settings:
 class Harness:
     """A proxy app whose backends are respx routes and whose DNS is a table."""
 
-    def __init__(self, ips: Iterable[str] = BACKEND_IPS, **env: Any) -> None:
+    def __init__(
+        self, ips: Iterable[str] = BACKEND_IPS, *, access_log: AccessLog | None = None, **env: Any
+    ) -> None:
         self.settings = make_settings(**env)
         self.backends = respx.MockRouter(assert_all_called=False, assert_all_mocked=True)
         self.probes = respx.MockRouter(assert_all_called=False, assert_all_mocked=True)
@@ -62,6 +65,7 @@ class Harness:
             forward_transport=httpx.MockTransport(self.backends.async_handler),
             probe_transport=httpx.MockTransport(self.probes.async_handler),
             resolver=self.resolver,
+            access_log=access_log,
         )
         self.state: ProxyState = self.app.state.proxy
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://proxy")
