@@ -19,8 +19,8 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
-from app.http_protocol import ClientLimits, limited_protocol
 from app.addresses import HostPort
+from app.http_protocol import ClientLimits, limited_protocol
 from app.settings import Settings
 from app.tls import CertificateReloader, listener_context
 

@@ -388,7 +388,14 @@ def test_schema_matches_the_settings_model(field: str) -> None:
     else:
         # Composite settings (listen, dns_nameservers, admin_token, trusted_proxies) are
         # covered by the render tests.
-        composite = {"listen", "dns_nameservers", "admin_token", "trusted_proxies", "public_paths", "admin_listen"}
+        composite = {
+            "listen",
+            "dns_nameservers",
+            "admin_token",
+            "trusted_proxies",
+            "public_paths",
+            "admin_listen",
+        }
         assert field in composite, f"unhandled type {annotation}"
         return
 
