@@ -846,7 +846,7 @@ def test_security_combinations_render_and_validate(
     endpoint = rendered.one("ServiceMonitor")["spec"]["endpoints"][0]
     assert endpoint["port"] == probe_port
     assert endpoint["scheme"] == ("https" if listener_tls else "http")
-    service_ports = [p["name"] for p in rendered.one("Service")["spec"]["ports"]]
+    service_ports = [p["name"] for p in client_service(rendered)["spec"]["ports"]]
     assert service_ports == (["http", "admin"] if admin_port else ["http"])
 
 
@@ -878,7 +878,7 @@ def test_helm_test_pod_follows_the_admin_port_and_tls(helm_template: HelmTemplat
     rendered = helm_template.render(values=SECURE_VALUES)
     (pod,) = rendered.all("Pod")
     script = " ".join(pod["spec"]["containers"][0]["command"])
-    name = rendered.one("Service")["metadata"]["name"]
+    name = client_service(rendered)["metadata"]["name"]
     assert f"https://{name}.db.svc:8087/healthz" in script
     mtls = helm_template.render(values={"server": {"tls": {"existingSecret": "t", "clientCaSecret": "ca"}}})
     (pod,) = mtls.all("Pod")
