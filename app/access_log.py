@@ -85,6 +85,7 @@ class AccessLog:
         self.enabled = self._logger.isEnabledFor(logging.INFO)
         if not self.enabled or self._writer is not None:
             return
+        lock: _Lock
         if self._stream is not None:
             stream, lock = self._stream, threading.Lock()
         else:

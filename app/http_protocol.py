@@ -33,7 +33,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import httptools
 from uvicorn.config import Config
@@ -257,7 +257,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         super().on_message_complete()
 
-    def eof_received(self) -> bool | None:
+    # asyncio.Protocol's eof_received returns bool | None; uvicorn annotates its no-op as None.
+    def eof_received(self) -> bool | None:  # type: ignore[override]
         """The client half-closed: a body cut short of its Content-Length gets 400, not a forward."""
         cycle = self.cycle
         queued = bool(self.pipeline)  # its answer would cut into an earlier response
@@ -347,7 +348,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # -- answers ---------------------------------------------------------
 
-    def _stop(self, rejection: _Rejection) -> None:
+    def _stop(self, rejection: _Rejection) -> NoReturn:
         """From inside a parser callback: stop parsing; data_received answers."""
         self._rejection = rejection
         raise _Rejected(rejection.limit)

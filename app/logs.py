@@ -11,8 +11,9 @@ import json
 import logging
 import re
 import sys
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 REDACTED = "[REDACTED]"
@@ -53,7 +54,7 @@ def redact_query(query: str) -> str:
 
 
 class _Formatter(logging.Formatter):
-    converter = time.gmtime
+    converter: Callable[[float | None], time.struct_time] = time.gmtime
 
     def fields(self, record: logging.LogRecord) -> Mapping[str, Any]:
         return getattr(record, "fields", None) or {}
@@ -104,6 +105,8 @@ class _DropUvicornTraceback(logging.Filter):
 
 class OperatorHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler :func:`setup_logging` installs; the access log writes to its stream directly."""
+
+    lock: threading.RLock  # Handler.__init__ always creates it; the access log shares it
 
     def __init__(self, stream: TextIO, log_format: str) -> None:
         super().__init__(stream)

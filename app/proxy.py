@@ -15,11 +15,12 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from starlette.types import Receive, Scope, Send
 
 from app.access_log import AccessLog
 from app.backend import Backend
@@ -45,11 +46,6 @@ from app.retry_policy import (
 )
 from app.settings import Settings
 from app.transport import InvalidResponse
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 log = logging.getLogger("hyperbytedb_proxy.proxy")
 
@@ -243,8 +239,8 @@ class ProxyEndpoint:
         if declared is not None and size != declared:
             self._release(reserved)
             exchange.outcome = "rejected"
-            message = f"request body of {size} bytes does not match its Content-Length of {declared}"
-            await exchange.error(400, message, close=True)
+            mismatch = f"request body of {size} bytes does not match its Content-Length of {declared}"
+            await exchange.error(400, mismatch, close=True)
             return None, 0
         exchange.had_length = declared is not None
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), reserved
@@ -353,7 +349,8 @@ class ProxyEndpoint:
             self._metrics.upstream_duration.observe(time.perf_counter() - started)
             try:
                 status = response.status_code
-                chunks = aiter(response.stream)
+                # An AsyncClient's response streams asynchronously; httpx types it as either kind.
+                chunks = aiter(response.stream)  # type: ignore[arg-type]
                 kind: FailureKind | None = None
                 try:
                     if status == 503:

@@ -15,6 +15,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import cast
 
 import uvicorn
 from starlette.applications import Starlette
@@ -47,7 +48,8 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         host=settings.listen.host,
         port=settings.listen.port,
         loop="uvloop" if fast else "asyncio",
-        http=http_protocol(app),
+        # uvicorn calls `http` as a factory; its annotation admits only a Protocol class.
+        http=cast("type[asyncio.Protocol]", http_protocol(app)),
         lifespan="on",
         log_config=None,
         access_log=False,

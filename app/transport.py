@@ -443,10 +443,13 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
     async def _connect(self, key: HostKey, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
         host, port = key
-        tls = {"ssl": self._ssl, "server_hostname": self._server_hostname or host} if self._ssl else {}
         connecting = loop.create_task(
             loop.create_connection(
-                lambda: _Connection(key, self._max_header_bytes, self._max_headers), host, port, **tls
+                lambda: _Connection(key, self._max_header_bytes, self._max_headers),
+                host,
+                port,
+                ssl=self._ssl,
+                server_hostname=(self._server_hostname or host) if self._ssl else None,
             )
         )
         done = loop.create_future()

@@ -17,7 +17,8 @@ from uvicorn_worker import UvicornWorker
 from app.server import ProxyServer, http_protocol, listener_tls
 
 
-class ProxyWorker(UvicornWorker):
+# uvicorn-worker ships no type information, so its worker class is Any to mypy.
+class ProxyWorker(UvicornWorker):  # type: ignore[misc]
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         "loop": "uvloop",
         "http": "httptools",

@@ -108,13 +108,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"\nmedians over {args.rounds} rounds, {args.scenario}, wrk -t1 -d{args.duration}s")
     width = max(len(spec) for spec in results)
-    for spec, runs in results.items():
+    for spec, spec_runs in results.items():
         cells = []
         for conns in connections:
-            values = [run[conns] for run in runs]
+            values = [run[conns] for run in spec_runs]
 
             def median(key: str, values: list[dict[str, Any]] = values) -> float:
-                return statistics.median(v[key] for v in values if v[key] is not None)
+                middle: float = statistics.median(v[key] for v in values if v[key] is not None)
+                return middle
 
             cells.append(
                 f"{conns:>3}c {median('rps'):>7,.0f} req/s p50 {median('p50'):6.3f} "

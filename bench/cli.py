@@ -550,7 +550,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         finally:
             stop_all(bench.processes)
-            failures = any(row.status == "failed" for row in (*bench.rows, *bench.streams))
+            failures = any(row.status == "failed" for row in bench.rows) or any(
+                stream.status == "failed" for stream in bench.streams
+            )
             if (ok or interrupted) and not (args.keep_logs or failures):
                 shutil.rmtree(workdir, ignore_errors=True)
             elif ok:

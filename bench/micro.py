@@ -14,7 +14,7 @@ import io
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 import httpx
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import uvloop
 
-        runner: Callable[[Awaitable[Any]], Any] = uvloop.run
+        runner: Callable[[Coroutine[Any, Any, Any]], Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
     results = sync_pieces(args.n) + runner(async_pieces(args.n))

@@ -138,22 +138,28 @@ def _find(rows: Iterable[Row], target: str, scenario: str, conns: int) -> Row | 
     return None
 
 
+def _find_wrk(rows: Iterable[Row], target: str, scenario: str, conns: int) -> WrkResult | None:
+    """The wrk result of the row :func:`_find` finds."""
+    found = _find(rows, target, scenario, conns)
+    return found.wrk if found is not None else None
+
+
 def annotate(rows: Sequence[Row]) -> None:
     """Fill the ratio columns and each of our rows' target markers."""
     for row in rows:
         if row.wrk is None or row.target == BACKEND:
             continue
-        backend = _find(rows, BACKEND, row.scenario, row.conns)
-        nginx = _find(rows, NGINX, row.scenario, row.conns)
-        ceiling = _find(rows, CEILING, row.scenario, row.conns)
-        if ceiling and ceiling.wrk.rps and row.target.startswith("ours"):  # type: ignore[union-attr]
-            row.vs_ceiling = row.wrk.rps / ceiling.wrk.rps  # type: ignore[union-attr]
-        if backend and backend.wrk.rps:  # type: ignore[union-attr]
-            row.vs_backend = row.wrk.rps / backend.wrk.rps  # type: ignore[union-attr]
-            if row.conns == 1 and row.wrk.p50_ms is not None and backend.wrk.p50_ms is not None:  # type: ignore[union-attr]
-                row.p50_added_ms = row.wrk.p50_ms - backend.wrk.p50_ms  # type: ignore[union-attr]
-        if row.target != NGINX and nginx and nginx.wrk.rps:  # type: ignore[union-attr]
-            row.vs_nginx = row.wrk.rps / nginx.wrk.rps  # type: ignore[union-attr]
+        backend = _find_wrk(rows, BACKEND, row.scenario, row.conns)
+        nginx = _find_wrk(rows, NGINX, row.scenario, row.conns)
+        ceiling = _find_wrk(rows, CEILING, row.scenario, row.conns)
+        if ceiling and ceiling.rps and row.target.startswith("ours"):
+            row.vs_ceiling = row.wrk.rps / ceiling.rps
+        if backend and backend.rps:
+            row.vs_backend = row.wrk.rps / backend.rps
+            if row.conns == 1 and row.wrk.p50_ms is not None and backend.p50_ms is not None:
+                row.p50_added_ms = row.wrk.p50_ms - backend.p50_ms
+        if row.target != NGINX and nginx and nginx.rps:
+            row.vs_nginx = row.wrk.rps / nginx.rps
         if row.target.startswith("ours"):
             row.marks = [f"{c.id} {c.marker.strip()}" for c in _row_checks(rows, row)]
 
@@ -185,15 +191,15 @@ def _row_checks(rows: Sequence[Row], row: Row) -> list[Check]:
                 else f"{w.rps:,.0f} req/s = {row.vs_ceiling:.3f} x ceiling (need >= {CEILING_SHARE})",
             )
         )
-        log_off = _find(rows, OURS_LOG_OFF, row.scenario, row.conns) if row.target == OURS else None
-        if log_off is not None and log_off.wrk.rps:  # type: ignore[union-attr]
-            cost = 1 - w.rps / log_off.wrk.rps  # type: ignore[union-attr]
+        log_off = _find_wrk(rows, OURS_LOG_OFF, row.scenario, row.conns) if row.target == OURS else None
+        if log_off is not None and log_off.rps:
+            cost = 1 - w.rps / log_off.rps
             checks.append(
                 Check(
                     "T8",
                     f"32 conns, small query: the access log costs <= {ACCESS_LOG_COST:.0%} of req/s",
                     cost <= ACCESS_LOG_COST,
-                    f"{w.rps:,.0f} on vs {log_off.wrk.rps:,.0f} off = {cost:+.1%}",  # type: ignore[union-attr]
+                    f"{w.rps:,.0f} on vs {log_off.rps:,.0f} off = {cost:+.1%}",
                 )
             )
         if w.p50_ms is not None and w.p99_ms is not None:
@@ -215,7 +221,7 @@ def _row_checks(rows: Sequence[Row], row: Row) -> list[Check]:
             )
         )
     if row.conns == 256:
-        at32 = _find(rows, row.target, row.scenario, 32)
+        at32 = _find_wrk(rows, row.target, row.scenario, 32)
         if at32 is None:
             checks.append(
                 Check(
@@ -226,14 +232,14 @@ def _row_checks(rows: Sequence[Row], row: Row) -> list[Check]:
                 )
             )
         else:
-            share = w.rps / at32.wrk.rps if at32.wrk.rps else 0.0  # type: ignore[union-attr]
+            share = w.rps / at32.rps if at32.rps else 0.0
             checks.append(
                 Check(
                     "T4",
                     f"256 conns, {row.scenario}: no errors, req/s >= 80% of 32-conn",
                     w.errors == 0 and share >= 0.8,
-                    f"{w.errors} errors, {w.rps:,.0f} req/s = {share:.0%} of {at32.wrk.rps:,.0f}",
-                )  # type: ignore[union-attr]
+                    f"{w.errors} errors, {w.rps:,.0f} req/s = {share:.0%} of {at32.rps:,.0f}",
+                )
             )
     return checks
 
@@ -447,7 +453,7 @@ def machine(tools: dict[str, str]) -> dict[str, Any]:
                     break
     except OSError:
         pass
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in LIBRARIES:
         try:
             versions[name] = importlib.metadata.version(name)

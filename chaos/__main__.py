@@ -139,12 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     owned = args.workdir is None
     workdir = Path(tempfile.mkdtemp(prefix="chaos-")) if owned else args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
-    argv = tuple(shlex.split(args.proxy_cmd)) if args.proxy_cmd else None
+    proxy_argv = tuple(shlex.split(args.proxy_cmd)) if args.proxy_cmd else None
     opts = Options(
-        short=args.short, duration=duration, workdir=workdir, clients=args.clients, proxy_argv=argv
+        short=args.short, duration=duration, workdir=workdir, clients=args.clients, proxy_argv=proxy_argv
     )
     names = args.scenario or list(ALL)
-    proxy = " ".join(argv) if argv else "python -m app"
+    proxy = " ".join(proxy_argv) if proxy_argv else "python -m app"
     print(f"proxy: {proxy} ({_revision()}); load {duration:g}s per scenario", flush=True)
     started = time.monotonic()
     try:

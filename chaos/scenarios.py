@@ -406,9 +406,9 @@ async def hang(opts: Options) -> ScenarioResult:
         stalled = sum(e["stalled"] for e in episodes)
         inflight_total = sum(e["inflight_at_down"] for e in episodes)
         for e in episodes:
-            detected = "never" if e["detected"] is None else f"{e['detected']:.2f}s"
+            detection = "never" if e["detected"] is None else f"{e['detected']:.2f}s"
             result.notes.append(
-                f"{e['ip']}: Down after {detected}, "
+                f"{e['ip']}: Down after {detection}, "
                 f"{e['inflight_at_down']} in flight on it then, {e['stalled']} data requests reached it "
                 f"after it hung, {e['after_down']} after Down"
             )

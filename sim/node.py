@@ -296,7 +296,8 @@ def _params(raw: bytes | str) -> dict[str, str]:
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for key, value in headers:
         if key == name:
             return value
     return None

@@ -62,7 +62,7 @@ def free_port(host: str = "127.0.0.1", *, udp: bool = False, attempts: int = 20)
     for _ in range(attempts):
         with socket.socket(family, socket.SOCK_STREAM) as tcp:
             tcp.bind((host, 0))
-            port = tcp.getsockname()[1]
+            port: int = tcp.getsockname()[1]
             if not udp:
                 return port
             with socket.socket(family, socket.SOCK_DGRAM) as dgram:
@@ -383,7 +383,8 @@ class NodeProcess(ManagedProcess):
         body: dict[str, Any] = {"state": state}
         if sync_secs is not None:
             body["sync_secs"] = sync_secs
-        return self.control("POST", "state", body)
+        answer: dict[str, Any] = self.control("POST", "state", body)
+        return answer
 
     def points(self, db: str | None = None) -> list[str]:
         """Stored points as line protocol (nanosecond timestamps)."""

@@ -76,7 +76,10 @@ test("an ejected backend says why and until when", () => {
   const until = "2026-01-02T03:04:05.000+00:00";
   const text = F.ejectionText({ reason: "outlier: 5 consecutive 502", until });
   assert.equal(text, `not routable: outlier: 5 consecutive 502, until ${F.fmtClock(Date.parse(until))}`);
-  assert.equal(F.ejectionText({ reason: "outlier: 5 consecutive 502", until: "later" }).endsWith("until ?"), true);
+  assert.equal(
+    F.ejectionText({ reason: "outlier: 5 consecutive 502", until: "later" }).endsWith("until ?"),
+    true,
+  );
   assert.equal(F.ejectionText(null), null);
   assert.equal(F.ejectionText(undefined), null);
 });
