@@ -27,6 +27,7 @@ from sim.processes import (
 
 pytestmark = pytest.mark.integration
 
+
 @pytest.fixture
 def http() -> Iterator[httpx.Client]:
     with httpx.Client(timeout=5.0, trust_env=False) as client:
