@@ -29,13 +29,13 @@ lock: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(PY) -m sim.cluster
 
-## test: the whole suite (unit, integration, deployment, short fault runs, benchmark smoke)
+## test: the whole suite (unit, integration, browser, deployment, short fault runs, benchmark smoke)
 test: $(VENV)/.installed deps
 	$(PY) -m pytest
 
-## unit: the fast suite only (seconds)
+## unit: every test that needs no process, browser or chart renderer (seconds)
 unit: $(VENV)/.installed
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest -m "not integration and not browser and not deploy and not slow"
 
 deps:
 	bash scripts/install-test-deps.sh

@@ -6,8 +6,8 @@ counted afterwards.  This is a raw ASGI app (no framework) because benchmarks
 use it alone as the "backend" baseline, so ``/ping``, ``/query`` and ``/write``
 must cost as little as possible.
 
-Behaviour follows the "Facts about HyperbyteDB" table of DESIGN.md.  Choices
-the table leaves open:
+Behaviour follows the real HyperbyteDB as the proxy sees it.  Choices the
+database leaves open:
 
 - ``/ping`` answers 204 in every state but ``hang``; ``/query`` works while
   ``failed`` (only the WAL writer is down, reads still work).

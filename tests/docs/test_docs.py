@@ -54,6 +54,7 @@ def _registered_metrics() -> dict[str, set[tuple[str, str]]]:
     return found
 
 
+@pytest.mark.integration  # starts a process
 def test_mkdocs_build_is_strict_and_clean(tmp_path: Path) -> None:
     if importlib.util.find_spec("mkdocs") is None:
         pytest.fail("mkdocs is not installed: pip install -e '.[dev]' (or pip install 'mkdocs>=1.6')")
@@ -74,6 +75,7 @@ def test_mkdocs_build_is_strict_and_clean(tmp_path: Path) -> None:
     assert time.monotonic() - started < BUILD_TIMEOUT_SECS
 
 
+@pytest.mark.integration  # starts a process
 def test_configuration_page_is_generated_from_the_settings() -> None:
     result = subprocess.run(
         [sys.executable, str(GENERATOR), "--check"],

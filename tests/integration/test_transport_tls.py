@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from app.transport import UpstreamTransport
-from tests.integration.test_transport_loopback import Handler, fetch, keep_alive_server, request
+from tests.unit.test_transport_loopback import Handler, fetch, keep_alive_server, request
 
 pytestmark = [pytest.mark.anyio, pytest.mark.integration]
 

@@ -1,4 +1,4 @@
-"""The simulated node matches DESIGN.md's table of HyperbyteDB behaviour (in-process, no sockets)."""
+"""The simulated node behaves as HyperbyteDB does (in-process, no sockets)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -27,8 +26,6 @@ from sim.processes import (
 )
 
 pytestmark = pytest.mark.integration
-
-HAVE_PROXY = importlib.util.find_spec("app.__main__") is not None
 
 
 @pytest.fixture
@@ -115,7 +112,6 @@ def test_free_port_and_wait_for_port(tmp_path: Path) -> None:
     assert node.returncode is not None
 
 
-@pytest.mark.skipif(not HAVE_PROXY, reason="app/__main__.py not written yet")
 def test_proxy_with_bad_env_exits_naming_the_variable(tmp_path: Path) -> None:
     env = {"HYPERBYTEDB_PROXY_BACKEND_SERVICE": "db.test", "HYPERBYTEDB_PROXY_BACKEND_PORT": "not-a-port"}
     proxy = ProxyProcess(env, log_dir=tmp_path)
@@ -160,7 +156,6 @@ def test_cluster_demo_without_proxy_starts_and_stops(tmp_path: Path) -> None:
     assert "http://127.0.0.3:" in result.stdout
 
 
-@pytest.mark.skipif(not HAVE_PROXY, reason="app/__main__.py not written yet")
 def test_cluster_demo_with_proxy_gets_ready(tmp_path: Path) -> None:
     result = run_cluster(tmp_path, "--proxy-port", str(free_port("127.0.0.1")))
     assert result.returncode == 0, result.stdout

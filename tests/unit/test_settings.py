@@ -131,6 +131,7 @@ def _run_main(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.integration  # starts a process
 def test_process_exits_2_with_one_line_per_problem_and_no_traceback() -> None:
     result = _run_main({"HYPERBYTEDB_PROXY_HEALTH_TIMEOUT_MS": "fast", "HYPERBYTEDB_PROXY_LISTEN": "x"})
     assert result.returncode == 2
@@ -199,6 +200,7 @@ def test_settings_built_directly_read_the_process_environment(monkeypatch: pytes
     assert Settings(backend_service="given").backend_service == "given"
 
 
+@pytest.mark.integration  # starts a process
 def test_missing_multiprocess_directory_is_a_configuration_error() -> None:
     result = _run_main(REQUIRED | {"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/prometheus"})
     assert result.returncode == 2

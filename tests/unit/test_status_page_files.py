@@ -30,6 +30,7 @@ def test_a_page_without_a_nonce_placeholder_is_refused() -> None:
         StatusPage("<html><script>1</script></html>")
 
 
+@pytest.mark.integration  # starts a process
 def test_status_script_unit_tests_pass_under_node() -> None:
     node = shutil.which("node")
     assert node, "node is needed for the status page's script tests (apt-get install nodejs)"
