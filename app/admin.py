@@ -177,7 +177,7 @@ def admin_routes(state: ProxyState) -> list[Route]:
             if backend.excluded == excluded:
                 body = {"status": unchanged, "ip": address, **backend_view(backend)}
                 return JSONResponse(body, status_code=unchanged_status)
-            state.set_excluded(backend, excluded)
+            state.exclusions.set_excluded(backend, excluded)
             return JSONResponse({"status": done, "ip": address, **backend_view(backend)})
 
         return change

@@ -9,14 +9,18 @@ concurrent admin calls cannot lose each other's change.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+
+from app.backend import Backend
+from app.pool import BackendPool
 
 log = logging.getLogger("hyperbytedb_proxy.admin")
 
@@ -106,3 +110,77 @@ class ExclusionStore:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+class OperatorExclusions:
+    """The operator's exclusions applied to the pool: kept in the store, mirrored on each backend.
+
+    Everything that changes an exclusion goes through here (the admin API, a
+    peer replica's snapshot, another worker's file change, discovery), so the
+    pool and the store never disagree and each change is logged once.
+    """
+
+    def __init__(self, store: ExclusionStore, pool: BackendPool) -> None:
+        self._store = store
+        self._pool = pool
+
+    def __contains__(self, address: str) -> bool:
+        return address in self._store
+
+    @property
+    def addresses(self) -> frozenset[str]:
+        return self._store.addresses
+
+    @property
+    def shared(self) -> bool:
+        return self._store.shared
+
+    def set_excluded(self, backend: Backend, excluded: bool) -> None:
+        if excluded:
+            self._store.add(backend.address)
+        else:
+            self._store.discard([backend.address])
+        self._apply(backend, excluded)
+
+    def adopt(self, addresses: Iterable[str]) -> None:
+        """Exclude what a peer replica excludes (a backend not discovered yet is excluded on arrival)."""
+        for address in addresses:
+            backend = self._pool.get(address)
+            if backend is not None:
+                self.set_excluded(backend, True)
+            else:
+                self._store.add(address)
+
+    def on_added(self, backends: Sequence[Backend]) -> None:
+        for backend in backends:
+            if backend.address in self._store:
+                self._pool.set_excluded(backend, True)
+
+    def on_removed(self, backends: Sequence[Backend]) -> None:
+        # An exclusion names a pod; once its IP leaves DNS it must not
+        # silently apply to a future pod that reuses the address.
+        self._store.discard(b.address for b in backends)
+
+    def reload(self) -> None:
+        """Read the shared file at start: a worker (re)started by gunicorn honours it at once."""
+        self._store.reload()
+
+    def sync(self) -> None:
+        """Apply exclusions another worker made."""
+        if self._store.reload():
+            for backend in self._pool.backends():
+                self._apply(backend, backend.address in self._store)
+
+    async def run_sync(self, interval: float) -> None:
+        """Pick up other workers' changes every ``interval`` seconds."""
+        while True:
+            await asyncio.sleep(interval)
+            self.sync()
+
+    def _apply(self, backend: Backend, excluded: bool) -> None:
+        if backend.excluded != excluded:
+            self._pool.set_excluded(backend, excluded)
+            log.info(
+                "backend excluded by operator" if excluded else "backend included by operator",
+                extra={"fields": {"backend": backend.host_header}},
+            )

@@ -18,14 +18,35 @@ from collections.abc import Iterable
 
 import httpx
 
-from app.backend import Backend, Health
+from app.backend import Backend, Health, Transition
 from app.metrics import Metrics
-from app.pool import BackendPool
+from app.pool import BackendPool, TransitionListener
 from app.settings import Settings
 
 log = logging.getLogger("hyperbytedb_proxy.health")
 
 ERROR_SNIPPET = 200
+
+
+def transition_logger(metrics: Metrics) -> TransitionListener:
+    """Count every health change and log it in one line (a warning when a backend goes Down)."""
+
+    def on_transition(backend: Backend, transition: Transition) -> None:
+        metrics.transitions.labels(transition.old.value, transition.new.value).inc()
+        log.log(
+            logging.WARNING if transition.new is Health.DOWN else logging.INFO,
+            "backend health changed",
+            extra={
+                "fields": {
+                    "backend": backend.host_header,
+                    "from": transition.old.value,
+                    "to": transition.new.value,
+                    "reason": transition.reason,
+                }
+            },
+        )
+
+    return on_transition
 
 
 class HealthChecker:

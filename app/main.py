@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import httpx
 from starlette.applications import Starlette
@@ -14,10 +14,23 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.access_log import AccessLog
 from app.admin import admin_routes
-from app.discovery import Resolver, SystemResolver
+from app.backend import Backend
+from app.client import ForwardingClient
+from app.discovery import Discovery, Resolver, SystemResolver
+from app.exclusions import ExclusionStore, OperatorExclusions, shared_exclusions_path
+from app.health import HealthChecker, transition_logger
 from app.metrics import Metrics
+from app.outlier import OutlierDetector
+from app.peers import PeerFleet
+from app.pool import BackendPool
+from app.proxy import ProxyEndpoint
+from app.retry_budget import RetryBudget
 from app.settings import Settings
 from app.state import ProxyState
+from app.tls import backend_context
+from app.transport import UpstreamTransport
+
+PROBE_USER_AGENT = "hyperbytedb-proxy-health/0.1"
 
 
 def create_app(
@@ -30,15 +43,91 @@ def create_app(
     metrics: Metrics | None = None,
     access_log: AccessLog | None = None,
 ) -> Starlette:
-    """Build the proxy; every external dependency can be replaced (tests use respx and fakes)."""
+    """Build the proxy; every external dependency can be replaced (tests use respx and fakes).
+
+    This is the one place where the pieces are built and connected; each of
+    them only knows what it is handed.
+    """
+    resolver = resolver or SystemResolver(settings.dns_nameservers)
+    metrics = metrics or Metrics(multiprocess_dir=settings.prometheus_multiproc_dir)
+    access_log = access_log or AccessLog(settings.log_format, on_drop=metrics.access_log_dropped.inc)
+    tls = backend_context(settings)
+    tls_name = settings.backend_tls_name if tls is not None else None
+
+    pool = BackendPool(
+        settings.backend_port, scheme="http" if tls is None else "https", lb_policy=settings.lb_policy
+    )
+    pool.add_listener(transition_logger(metrics))
+    upstream = None
+    if forward_transport is None:
+        forward_transport = upstream = UpstreamTransport(
+            ssl_context=tls,
+            server_hostname=tls_name,
+            max_header_bytes=settings.backend_max_header_bytes,
+            max_headers=settings.backend_max_headers,
+        )
+    # Requests are built by the proxy itself; timeouts travel with each one.
+    forward_client = ForwardingClient(forward_transport)
+    probe_client = httpx.AsyncClient(
+        transport=probe_transport,
+        timeout=settings.health_timeout_ms / 1000,
+        headers={"User-Agent": PROBE_USER_AGENT},
+        follow_redirects=False,
+        verify=tls if tls is not None else True,
+        trust_env=False,
+    )
+    clients: list[httpx.AsyncClient] = [forward_client, probe_client]
+    outlier = OutlierDetector(
+        pool,
+        consecutive_failures=settings.outlier_consecutive_failures,
+        ejection_secs=settings.outlier_ejection_secs,
+        max_ejected_percent=settings.outlier_max_ejected_percent,
+        on_eject=lambda backend, kind: metrics.outlier_ejections.labels(kind.value).inc(),
+    )
+    retry_budget = RetryBudget(
+        percent=settings.retry_budget_percent,
+        min_per_sec=settings.retry_budget_min_per_sec,
+        window_secs=settings.retry_budget_window_secs,
+    )
+    proxy = ProxyEndpoint(
+        settings, pool, forward_client, metrics, retry_budget, outlier=outlier, access_log=access_log
+    )
+    health = HealthChecker(settings, pool, probe_client, metrics, tls_name=tls_name)
+    store = ExclusionStore(
+        shared_exclusions_path(settings.prometheus_multiproc_dir) if settings.workers > 1 else None
+    )
+    exclusions = OperatorExclusions(store, pool)
+
+    def on_added(backends: Sequence[Backend]) -> None:
+        exclusions.on_added(backends)
+        health.probe_soon(backends)
+
+    def on_removed(backends: Sequence[Backend]) -> None:
+        exclusions.on_removed(backends)
+        for backend in backends:
+            outlier.forget(backend)
+            if upstream is not None:  # an injected transport manages its own connections
+                upstream.forget(backend.address, backend.port)
+
+    discovery = Discovery(settings, pool, resolver, metrics, on_added=on_added, on_removed=on_removed)
+    peers = None
+    if settings.peer_service is not None:
+        # Replicas that share exclusions; their calls get a client of their own.
+        peer_client = httpx.AsyncClient(transport=peer_transport, trust_env=False, follow_redirects=False)
+        clients.append(peer_client)
+        peers = PeerFleet(settings, resolver, peer_client)
     state = ProxyState(
         settings,
-        resolver=resolver or SystemResolver(settings.dns_nameservers),
-        forward_transport=forward_transport,
-        probe_transport=probe_transport,
-        peer_transport=peer_transport,
         metrics=metrics,
         access_log=access_log,
+        pool=pool,
+        proxy=proxy,
+        outlier=outlier,
+        health=health,
+        discovery=discovery,
+        exclusions=exclusions,
+        peers=peers,
+        clients=tuple(clients),
     )
 
     @contextlib.asynccontextmanager
