@@ -79,7 +79,7 @@ def main() -> int:
 
     app = create_app(settings)
     server = ProxyServer(
-        uvicorn_config(app, settings),
+        uvicorn_config(app, settings, on_violation=app.state.proxy.metrics.count_client_violation),
         on_stop=app.state.proxy.begin_shutdown,
         grace_secs=settings.shutdown_grace_secs,
         tls=listener_tls(settings),

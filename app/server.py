@@ -18,7 +18,7 @@ from types import FrameType
 from typing import cast
 
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from app.addresses import HostPort
 from app.http_protocol import ClientLimits, limited_protocol
@@ -31,17 +31,19 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 WATCHDOG_MARGIN_SECS = 5.0
 
 
-def http_protocol(app: Starlette) -> Callable[..., asyncio.Protocol]:
+def http_protocol(settings: Settings, on_violation: Callable[[str], None]) -> Callable[..., asyncio.Protocol]:
     """uvicorn's httptools protocol bounded by the client-side limits (both servers use it).
 
     There is no h11 fallback: h11 cannot enforce the timeouts, and httptools
     is a dependency (uvicorn[standard]) wherever the proxy installs.
     """
-    state = app.state.proxy
-    return limited_protocol(ClientLimits.from_settings(state.settings), state.metrics.count_client_violation)
+    return limited_protocol(ClientLimits.from_settings(settings), on_violation)
 
 
-def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
+def uvicorn_config(
+    app: ASGIApp, settings: Settings, *, on_violation: Callable[[str], None]
+) -> uvicorn.Config:
+    """The proxy's uvicorn configuration; ``on_violation`` counts each client-side limit hit."""
     fast = importlib.util.find_spec("uvloop") is not None
     return uvicorn.Config(
         app,
@@ -49,7 +51,7 @@ def uvicorn_config(app: Starlette, settings: Settings) -> uvicorn.Config:
         port=settings.listen.port,
         loop="uvloop" if fast else "asyncio",
         # uvicorn calls `http` as a factory; its annotation admits only a Protocol class.
-        http=cast("type[asyncio.Protocol]", http_protocol(app)),
+        http=cast("type[asyncio.Protocol]", http_protocol(settings, on_violation)),
         lifespan="on",
         log_config=None,
         access_log=False,

@@ -35,7 +35,7 @@ class ProxyWorker(UvicornWorker):  # type: ignore[misc]
         grace = state.settings.shutdown_grace_secs
         # The worker's Config was built before the app was loaded; the
         # protocol and keep-alive need the app's settings and metrics.
-        self.config.http = http_protocol(self.wsgi)
+        self.config.http = http_protocol(state.settings, state.metrics.count_client_violation)
         self.config.timeout_keep_alive = state.settings.keepalive_timeout_secs
         self.config.timeout_graceful_shutdown = math.ceil(grace)
         # Built here, after the fork: each worker reloads rotated certificates itself.

@@ -14,12 +14,11 @@ import sys
 from typing import Any
 
 import uvicorn
+from starlette.types import Receive, Scope, Send
 
 from app.server import uvicorn_config
 from app.settings import SettingsError, load_settings
 from bench.nginx import HEALTH_BODY, QUERY_BODY
-
-Scope = dict[str, Any]
 
 
 def _answer(status: int, body: bytes, content_type: bytes | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -43,7 +42,7 @@ ANSWERS = {
 NOT_FOUND = _answer(404, b"", None)
 
 
-async def app(scope: Scope, receive: Any, send: Any) -> None:
+async def app(scope: Scope, receive: Receive, send: Send) -> None:
     """Reads the request body, as the proxy must, then answers from the table."""
     if scope["type"] != "http":
         return
@@ -62,7 +61,7 @@ def main() -> int:
     except SettingsError as exc:
         print(f"bench.ceiling: configuration error: {exc}", file=sys.stderr)
         return 2
-    config = uvicorn_config(app, settings)  # type: ignore[arg-type]
+    config = uvicorn_config(app, settings, on_violation=lambda limit: None)
     config.lifespan = "off"  # nothing to start; the proxy's lifespan is not part of a request's cost
     server = uvicorn.Server(config)
     server.run()

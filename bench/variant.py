@@ -31,7 +31,9 @@ def main() -> int:
         limits=httpx.Limits(max_connections=None, max_keepalive_connections=256)
     )
     app = create_app(settings, forward_transport=transport)
-    server = uvicorn.Server(uvicorn_config(app, settings))
+    server = uvicorn.Server(
+        uvicorn_config(app, settings, on_violation=app.state.proxy.metrics.count_client_violation)
+    )
     server.run()
     return 0 if server.started else 1
 

@@ -48,6 +48,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
                 "HYPERBYTEDB_PROXY_DISCOVERY_INTERVAL_SECS": "0.3",
                 "HYPERBYTEDB_PROXY_HOLD_TIMEOUT_SECS": "5",
                 "HYPERBYTEDB_PROXY_SHUTDOWN_GRACE_SECS": "5",
+                "HYPERBYTEDB_PROXY_PUBLIC_PATHS": "*",  # the scripted backends answer paths of their own
                 "LOG_FORMAT": "json",
                 **{f"HYPERBYTEDB_PROXY_{k.upper()}": v for k, v in settings.items()},
             }

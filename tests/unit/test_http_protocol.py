@@ -165,7 +165,8 @@ async def test_unread_response_is_aborted_after_the_send_timeout(connect: Any, v
 
 async def test_both_servers_use_the_bounded_protocol() -> None:
     settings = make_settings(max_header_bytes=4096, keepalive_timeout_secs=30)
-    config = uvicorn_config(create_app(settings), settings)
+    app = create_app(settings)
+    config = uvicorn_config(app, settings, on_violation=app.state.proxy.metrics.count_client_violation)
     config.load()
     assert config.timeout_keep_alive == 30
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
