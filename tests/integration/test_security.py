@@ -502,8 +502,20 @@ def test_gunicorn_workers_serve_and_drain_both_tls_listeners(tls_world: TLSWorld
     )
     proxy.start()
     proxy.wait_ready(timeout=20)
+    verify = client_context(tls_world.ca.cert)
+    # Each worker probes on its own: the one that answered wait_ready may be
+    # ready before the other. Both must turn ready within the deadline.
+    deadline = time.monotonic() + 20
+    ready_in_a_row = 0
+    while ready_in_a_row < 10 and time.monotonic() < deadline:
+        with httpx.Client(verify=verify, trust_env=False, timeout=5) as client:  # a new connection each
+            ready_in_a_row = (
+                ready_in_a_row + 1 if client.get(f"{proxy.admin_url}/readyz").status_code == 200 else 0
+            )
+        time.sleep(0.05)
+    assert ready_in_a_row == 10
     for _ in range(10):  # new connections, spread over both workers
-        with httpx.Client(verify=client_context(tls_world.ca.cert), trust_env=False, timeout=5) as client:
+        with httpx.Client(verify=verify, trust_env=False, timeout=5) as client:
             assert client.get(f"{proxy.url}/ping").status_code == 204
             assert client.get(f"{proxy.url}/readyz").status_code == 404
             assert client.get(f"{proxy.admin_url}/readyz").status_code == 200
