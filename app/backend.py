@@ -6,6 +6,8 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
+from app.forwarder import Origin, origin_of
+
 
 class Health(enum.Enum):
     """Routing state of a backend; only ACTIVE is ever routed."""
@@ -62,14 +64,18 @@ class Backend:
     last_failure_kind: str | None = None  # what the latest counted forward failure was
     transitions: list[Transition] = field(default_factory=list)
     host_header: str = field(init=False)
+    host_header_bytes: bytes = field(init=False)  # as forwarded requests carry it
     base_url: str = field(init=False)
+    origin: Origin = field(init=False)
 
     MAX_TRANSITIONS = 20
 
     def __post_init__(self) -> None:
         host = f"[{self.address}]" if ipaddress.ip_address(self.address).version == 6 else self.address
         self.host_header = f"{host}:{self.port}"
-        self.base_url = f"{self.scheme}://{host}:{self.port}"
+        self.host_header_bytes = self.host_header.encode("ascii")
+        self.origin = origin_of(self.scheme, self.address, self.port)
+        self.base_url = self.origin.url
 
     @property
     def routable(self) -> bool:

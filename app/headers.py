@@ -40,14 +40,18 @@ FORWARDING = frozenset(
     {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-real-ip", b"forwarded"}
 )
 _NOT_FORWARDED_UNTRUSTED = _NOT_FORWARDED | FORWARDING
+# Connection options that name no header the loop has not dropped already.
+_CONNECTION_OPTIONS = HOP_BY_HOP | {b"close"}
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 
 
-def _connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            tokens.update(token.strip().lower() for token in value.split(b","))
-    return frozenset(tokens)
+def _connection_tokens(value: bytes, tokens: set[bytes] | None) -> set[bytes] | None:
+    """Add the header names a ``Connection`` value lists to ``tokens``."""
+    if value.lower() in _PLAIN_CONNECTION:
+        return tokens  # the usual value names no header
+    found = tokens if tokens is not None else set()
+    found.update(token.strip().lower() for token in value.split(b","))
+    return found
 
 
 def request_headers(
@@ -63,17 +67,18 @@ def request_headers(
     """The headers to send a backend for a client's request (names as uvicorn gives them: lowercase).
 
     ``trusted``: the peer is a trusted forwarder, whose forwarding headers are
-    kept (``X-Forwarded-For`` appended to).
+    kept (``X-Forwarded-For`` appended to).  One pass over the headers; the
+    names a ``Connection`` header lists (rare) are removed after it.
     """
-    tokens = _connection_tokens(headers)
     dropped = _NOT_FORWARDED if trusted else _NOT_FORWARDED_UNTRUSTED
-    if tokens:
-        dropped = dropped | tokens
     out: list[Header] = [(b"host", host)]
     forwarded_for: list[bytes] = []
     has_proto = False
+    tokens: set[bytes] | None = None
     for name, value in headers:
         if name in dropped:
+            if name == b"connection":
+                tokens = _connection_tokens(value, tokens)
             continue
         if name == b"x-forwarded-for":
             forwarded_for.append(value)
@@ -81,6 +86,12 @@ def request_headers(
         if name == b"x-forwarded-proto":
             has_proto = True  # a TLS terminator in front of us knows the original scheme
         out.append((name, value))
+    if tokens and not tokens <= _CONNECTION_OPTIONS:
+        out = [(name, value) for name, value in out if name not in tokens or name == b"host"]
+        if b"x-forwarded-for" in tokens:
+            forwarded_for = []
+        if b"x-forwarded-proto" in tokens:
+            has_proto = False
     if client_ip:
         forwarded_for.append(client_ip.encode("latin-1"))
     if forwarded_for:
@@ -93,6 +104,7 @@ def request_headers(
 
 
 BODILESS_STATUSES = (204, 304)
+_NOT_RELAYED_BODILESS = HOP_BY_HOP | {b"content-length"}
 
 
 def response_headers(headers: Iterable[Header], status: int = 200) -> list[Header]:
@@ -103,9 +115,16 @@ def response_headers(headers: Iterable[Header], status: int = 200) -> list[Heade
     server relaying it would hold the client connection to that length, so
     the header is dropped for those two statuses.
     """
-    headers = list(headers)
-    tokens = _connection_tokens(headers)
-    dropped = HOP_BY_HOP | tokens if tokens else HOP_BY_HOP
-    if status in BODILESS_STATUSES:
-        dropped = dropped | {b"content-length"}
-    return [(name, value) for name, value in headers if name.lower() not in dropped]
+    dropped = _NOT_RELAYED_BODILESS if status in BODILESS_STATUSES else HOP_BY_HOP
+    out: list[Header] = []
+    tokens: set[bytes] | None = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered in dropped:
+            if lowered == b"connection":
+                tokens = _connection_tokens(value, tokens)
+            continue
+        out.append((name, value))
+    if tokens and not tokens <= _CONNECTION_OPTIONS:
+        out = [(name, value) for name, value in out if name.lower() not in tokens]
+    return out

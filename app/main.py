@@ -15,9 +15,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.access_log import AccessLog
 from app.admin import admin_routes
 from app.backend import Backend
-from app.client import ForwardingClient
 from app.discovery import Discovery, Resolver, SystemResolver
 from app.exclusions import ExclusionStore, OperatorExclusions, shared_exclusions_path
+from app.forwarder import Forwarder, HttpxForwarder
 from app.health import HealthChecker, transition_logger
 from app.metrics import Metrics
 from app.outlier import OutlierDetector
@@ -26,7 +26,7 @@ from app.pool import BackendPool
 from app.proxy import ProxyEndpoint
 from app.retry_budget import RetryBudget
 from app.settings import Settings
-from app.state import ProxyState
+from app.state import Closeable, ProxyState
 from app.tls import backend_context
 from app.transport import UpstreamTransport
 
@@ -37,6 +37,7 @@ def create_app(
     settings: Settings,
     *,
     forward_transport: httpx.AsyncBaseTransport | None = None,
+    forwarder: Forwarder | None = None,
     probe_transport: httpx.AsyncBaseTransport | None = None,
     peer_transport: httpx.AsyncBaseTransport | None = None,
     resolver: Resolver | None = None,
@@ -44,6 +45,10 @@ def create_app(
     access_log: AccessLog | None = None,
 ) -> Starlette:
     """Build the proxy; every external dependency can be replaced (tests use respx and fakes).
+
+    The forward goes through ``forwarder`` when given, else through
+    ``forward_transport`` (any httpx transport), else through the builtin
+    :class:`UpstreamTransport`.
 
     This is the one place where the pieces are built and connected; each of
     them only knows what it is handed.
@@ -58,16 +63,15 @@ def create_app(
         settings.backend_port, scheme="http" if tls is None else "https", lb_policy=settings.lb_policy
     )
     pool.add_listener(transition_logger(metrics))
-    upstream = None
-    if forward_transport is None:
-        forward_transport = upstream = UpstreamTransport(
+    if forwarder is None and forward_transport is not None:
+        forwarder = HttpxForwarder(forward_transport)  # respx, httpx.MockTransport, httpcore
+    elif forwarder is None:
+        forwarder = UpstreamTransport(
             ssl_context=tls,
             server_hostname=tls_name,
             max_header_bytes=settings.backend_max_header_bytes,
             max_headers=settings.backend_max_headers,
         )
-    # Requests are built by the proxy itself; timeouts travel with each one.
-    forward_client = ForwardingClient(forward_transport)
     probe_client = httpx.AsyncClient(
         transport=probe_transport,
         timeout=settings.health_timeout_ms / 1000,
@@ -76,7 +80,7 @@ def create_app(
         verify=tls if tls is not None else True,
         trust_env=False,
     )
-    clients: list[httpx.AsyncClient] = [forward_client, probe_client]
+    clients: list[Closeable] = [forwarder, probe_client]
     outlier = OutlierDetector(
         pool,
         consecutive_failures=settings.outlier_consecutive_failures,
@@ -90,7 +94,7 @@ def create_app(
         window_secs=settings.retry_budget_window_secs,
     )
     proxy = ProxyEndpoint(
-        settings, pool, forward_client, metrics, retry_budget, outlier=outlier, access_log=access_log
+        settings, pool, forwarder, metrics, retry_budget, outlier=outlier, access_log=access_log
     )
     health = HealthChecker(settings, pool, probe_client, metrics, tls_name=tls_name)
     store = ExclusionStore(
@@ -106,8 +110,7 @@ def create_app(
         exclusions.on_removed(backends)
         for backend in backends:
             outlier.forget(backend)
-            if upstream is not None:  # an injected transport manages its own connections
-                upstream.forget(backend.address, backend.port)
+            forwarder.forget(backend.address, backend.port)
 
     discovery = Discovery(settings, pool, resolver, metrics, on_added=on_added, on_removed=on_removed)
     peers = None

@@ -11,11 +11,9 @@ offers, and every allocation on this path is paid by every request.
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +22,11 @@ from starlette.types import Receive, Scope, Send
 
 from app.access_log import AccessLog
 from app.backend import Backend
+from app.disconnects import DisconnectWatch
 from app.forwarded import TrustedProxies, client_address
+from app.forwarder import Forwarder, Timeouts, UpstreamResponse
 from app.headers import request_headers, response_headers
-from app.logs import redact_query
-from app.metrics import OUTCOMES, Metrics
+from app.metrics import Metrics
 from app.outlier import OutlierDetector
 from app.pool import BackendPool
 from app.public_paths import PublicPaths
@@ -54,7 +53,6 @@ DRAIN_HEADERS = (b"retry-after", b"x-hyperbytedb-redirect")
 PEEK_LIMIT = 64 * 1024  # a 503 body larger than this is not a drain answer
 RETRY_AFTER_SECS = b"1"
 CLIENT_CLOSED = 499  # nginx's status for the access log when the client went away
-WATCH_AFTER_SECS = 0.05  # most requests finish sooner: they never pay for a disconnect watcher
 
 
 class UpstreamAborted(Exception):
@@ -94,7 +92,7 @@ class ProxyEndpoint:
         self,
         settings: Settings,
         pool: BackendPool,
-        client: httpx.AsyncClient,
+        forwarder: Forwarder,
         metrics: Metrics,
         retry_budget: RetryBudget,
         *,
@@ -104,8 +102,9 @@ class ProxyEndpoint:
         self._settings = settings
         self._access_log = access_log or AccessLog(settings.log_format)
         self._pool = pool
-        self._client = client
+        self._forwarder = forwarder
         self._metrics = metrics
+        self._stats = metrics.stats
         self._budget = retry_budget
         self._policy = RetryPolicy(
             max_retries=settings.max_retries, retry_on_timeout=settings.retry_on_timeout, budget=retry_budget
@@ -116,19 +115,16 @@ class ProxyEndpoint:
         self._public = PublicPaths(settings.public_paths)
         self._max_body = settings.max_body_bytes
         self._trusted = TrustedProxies(settings.trusted_proxies)
-        self._timeouts = {
-            "connect": settings.connect_timeout_ms / 1000,
-            "read": settings.request_timeout_secs,
-            "write": settings.request_timeout_secs,
-            "pool": settings.request_timeout_secs,
-        }
+        self._timeouts = Timeouts(settings.connect_timeout_ms / 1000, settings.request_timeout_secs)
         self._pending = 0
         self._buffered = 0
-        self.outcomes = dict.fromkeys(OUTCOMES, 0)  # this process's totals, for the status page
-        # Parsing a URL costs more than the rest of building a request; a
-        # backend's origin is parsed once and the exact target bytes travel in
-        # the request's ``target`` extension.
-        self._origin = functools.lru_cache(maxsize=4096)(httpx.URL)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, known at the first request
+        self._watch = DisconnectWatch()
+
+    @property
+    def outcomes(self) -> dict[str, int]:
+        """This process's requests by outcome, for the status page."""
+        return self._stats.outcomes
 
     @property
     def pending(self) -> int:
@@ -144,18 +140,21 @@ class ProxyEndpoint:
             await self._refuse_private(scope, send)
             return
         exchange = _Exchange(scope, send, time.perf_counter())
-        task = asyncio.current_task()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
         assert task is not None
-        watch: asyncio.TimerHandle | None = None
+        exchange.receive = receive
+        exchange.task = task
         held_bytes = 0
-        self._metrics.inflight.inc()
+        stats = self._stats
+        stats.inflight += 1
         try:
             body, held_bytes = await self._read_body(scope, receive, exchange)
             if body is None:
                 return
-            watch = asyncio.get_running_loop().call_later(
-                WATCH_AFTER_SECS, _start_watcher, receive, task, exchange
-            )
+            self._watch.add(exchange, loop)
             try:
                 await self._forward(scope, body, exchange)
             except _Overloaded:
@@ -176,12 +175,9 @@ class ProxyEndpoint:
                 raise
             await exchange.error(502, "internal proxy error")
         finally:
-            if watch is not None:
-                watch.cancel()
-            if exchange.watcher is not None:
-                exchange.watcher.cancel()
+            self._watch.discard(exchange)
             self._release(held_bytes)
-            self._metrics.inflight.dec()
+            stats.inflight -= 1
             self._record(exchange)
 
     async def _refuse_private(self, scope: Scope, send: Send) -> None:
@@ -249,13 +245,13 @@ class ProxyEndpoint:
         if self._buffered + size > self._settings.max_buffered_bytes:
             raise _Overloaded
         self._buffered += size
-        self._metrics.buffered_bytes.inc(size)
+        self._stats.buffered_bytes += size
         return size
 
     def _release(self, size: int) -> None:
         if size:
             self._buffered -= size
-            self._metrics.buffered_bytes.dec(size)
+            self._stats.buffered_bytes -= size
 
     async def _reject_too_large(self, exchange: _Exchange, declared: int | None) -> None:
         what = f"request body of {declared} bytes" if declared is not None else "request body"
@@ -271,7 +267,8 @@ class ProxyEndpoint:
         retries = policy.start()
         failure: _Failure | None = None
         hold_deadline: float | None = None
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         while True:
             last = retries.last_failed
             selection = policy.select(
@@ -336,45 +333,49 @@ class ProxyEndpoint:
         A failed answer the policy will not retry is relayed as the backend
         sent it, so the decision is taken here, before that answer is closed.
         """
-        request = self._build_request(scope, backend, body, exchange.had_length)
         backend.inflight += 1
         backend.requests += 1
         exchange.backend = backend
         try:
             started = time.perf_counter()
             try:
-                response = await self._client.send(request, stream=True)
+                response = await self._forwarder.forward(
+                    backend.origin,
+                    scope["method"],
+                    _target(scope),
+                    self._request_headers(scope, backend, body, exchange.had_length),
+                    body,
+                    self._timeouts,
+                )
             except httpx.TransportError as exc:
                 return self._failed(backend, retries, _transport_failure(exc), _describe(exc))
-            self._metrics.upstream_duration.observe(time.perf_counter() - started)
+            self._stats.upstream_duration.observe(time.perf_counter() - started)
             try:
-                status = response.status_code
-                # An AsyncClient's response streams asynchronously; httpx types it as either kind.
-                chunks = aiter(response.stream)  # type: ignore[arg-type]
+                status = response.status
                 kind: FailureKind | None = None
                 try:
                     if status == 503:
-                        prefix, drain = await _classify_503(response, chunks)
+                        prefix, drain = await _classify_503(response)
                         kind = classify_status(status, drain=drain)
                     elif status >= 500:
                         kind = classify_status(status, drain=False)
-                        prefix = b"" if kind in RETRYABLE else await anext(chunks, b"")
+                        prefix = b"" if kind in RETRYABLE else await response.read_chunk()
                     else:
                         # The status line is not the client's until a first body byte (or
                         # the end of the body) has arrived: a backend that dies in between
                         # -- InfluxDB sends query headers before running the query -- is
                         # then an ordinary failure, retried elsewhere.
-                        prefix = await anext(chunks, b"")
+                        prefix = await response.read_chunk()
                 except httpx.TransportError as exc:
                     return self._failed(backend, retries, _transport_failure(exc), _describe(exc))
                 if kind is None:
                     self._outlier.success(backend)
-                    await self._relay(response, chunks, prefix, exchange)
+                    await self._relay(response, prefix, exchange)
                     return None
                 failure = self._failed(backend, retries, kind, f"backend answered {status}")
                 if failure.decision.answer is not Answer.RELAY:
                     return failure
-                await self._relay(response, chunks, prefix, exchange)
+                await self._relay(response, prefix, exchange)
                 if failure.decision.verdict is not Verdict.FINAL:
                     exchange.outcome = "exhausted"  # the backend's failure, relayed: no retry was allowed
                 return None
@@ -399,50 +400,48 @@ class ProxyEndpoint:
             self._metrics.retries_denied.inc()
         return _Failure(kind, detail, decision)
 
-    def _build_request(self, scope: Scope, backend: Backend, body: bytes, had_length: bool) -> httpx.Request:
-        target = scope.get("raw_path") or scope["path"].encode("utf-8")
-        query = scope.get("query_string", b"")
-        if query:
-            target += b"?" + query
+    def _request_headers(
+        self, scope: Scope, backend: Backend, body: bytes, had_length: bool
+    ) -> list[tuple[bytes, bytes]]:
         client = scope.get("client")
-        headers = request_headers(
+        client_ip = client[0] if client else None
+        return request_headers(
             scope["headers"],
-            host=backend.host_header.encode("ascii"),
+            host=backend.host_header_bytes,
             body_length=len(body),
             had_length=had_length,
-            client_ip=client[0] if client else None,
+            client_ip=client_ip,
             scheme=scope.get("scheme", "http"),
-            trusted=self._trusted.trusts(client[0] if client else None),
-        )
-        extensions = {"timeout": self._timeouts, "target": target}
-        return httpx.Request(
-            scope["method"],
-            self._origin(backend.base_url),
-            headers=headers,
-            content=body,
-            extensions=extensions,
+            trusted=self._trusted.trusts(client_ip),
         )
 
-    async def _relay(
-        self, response: httpx.Response, chunks: AsyncIterator[bytes], prefix: bytes, exchange: _Exchange
-    ) -> None:
+    async def _relay(self, response: UpstreamResponse, prefix: bytes, exchange: _Exchange) -> None:
+        """Send the client the response; ``prefix`` is its first body chunk, already read.
+
+        A body that has arrived whole (the usual small answer) goes out with
+        the head in two sends; a longer one streams chunk by chunk.
+        """
         send = exchange.send
-        exchange.status = response.status_code
+        status = response.status
+        exchange.status = status
         exchange.outcome = "ok"
         await send(
             {
                 "type": "http.response.start",
-                "status": response.status_code,
-                "headers": response_headers(response.headers.raw, response.status_code),
+                "status": status,
+                "headers": response_headers(response.headers, status),
             }
         )
         exchange.started_response = True
+        if response.body_complete:
+            exchange.completing = True
+            await send({"type": "http.response.body", "body": prefix, "more_body": False})
+            return
         if prefix:
             await send({"type": "http.response.body", "body": prefix, "more_body": True})
         try:
-            async for chunk in chunks:
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            while chunk := await response.read_chunk():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except httpx.TransportError as exc:
             exchange.outcome = "fatal"
             log.warning(
@@ -488,25 +487,22 @@ class ProxyEndpoint:
     def _record(self, exchange: _Exchange) -> None:
         elapsed = time.perf_counter() - exchange.started
         outcome = exchange.outcome
-        self.outcomes[outcome] += 1
-        self._metrics.outcome[outcome].inc()
-        self._metrics.request_duration.observe(elapsed)
+        self._metrics.request_finished(outcome, elapsed)
         access_log = self._access_log
         if access_log.enabled:
             scope = exchange.scope
-            access_log.record(
-                {
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "query": redact_query(scope.get("query_string", b"").decode("latin-1")),
-                    "status": exchange.status,
-                    "outcome": outcome,
-                    "backend": exchange.backend_name,
-                    "attempts": exchange.attempts,
-                    "held_ms": round(exchange.held * 1000, 1),
-                    "duration_ms": round(elapsed * 1000, 2),
-                    "client": self._client_address(scope),
-                }
+            backend = exchange.backend
+            access_log.request(
+                scope["method"],
+                scope["path"],
+                scope["query_string"],
+                exchange.status,
+                outcome,
+                backend.host_header if backend is not None else None,
+                exchange.attempts,
+                exchange.held,
+                elapsed,
+                self._client_address(scope),
             )
 
 
@@ -525,11 +521,13 @@ class _Exchange:
         "had_length",
         "held",
         "outcome",
+        "receive",
         "scope",
         "send",
         "started",
         "started_response",
         "status",
+        "task",
         "watcher",
     )
 
@@ -547,6 +545,8 @@ class _Exchange:
         self.completing = False
         self.started_response = False
         self.watcher: asyncio.Task[None] | None = None
+        self.receive: Receive
+        self.task: asyncio.Task[Any]
 
     @property
     def backend_name(self) -> str | None:
@@ -596,12 +596,12 @@ def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-async def _classify_503(response: httpx.Response, chunks: AsyncIterator[bytes]) -> tuple[bytes, bool]:
+async def _classify_503(response: UpstreamResponse) -> tuple[bytes, bool]:
     """Read a 503's body (bounded) and decide whether it means 'try another node'."""
-    if any(name.lower() in DRAIN_HEADERS for name, _ in response.headers.raw):
+    if any(name.lower() in DRAIN_HEADERS for name, _ in response.headers):
         return b"", True
     body = bytearray()
-    async for chunk in chunks:
+    while chunk := await response.read_chunk():
         body += chunk
         if len(body) > PEEK_LIMIT:
             return bytes(body), False  # a large 503 body is a real error page; relay the rest too
@@ -609,15 +609,8 @@ async def _classify_503(response: httpx.Response, chunks: AsyncIterator[bytes]) 
     return text, (not text.strip() or any(marker in text for marker in DRAIN_MARKERS))
 
 
-def _start_watcher(receive: Receive, task: asyncio.Task[Any], exchange: _Exchange) -> None:
-    """The request is taking a while: from now on, notice if its client leaves."""
-    exchange.watcher = asyncio.ensure_future(_watch_disconnect(receive, task, exchange))
-
-
-async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], exchange: _Exchange) -> None:
-    """Cancel the request's task when its client goes away, freeing what it holds."""
-    message = await receive()
-    # uvicorn also reports a disconnect once the response is complete.
-    if message["type"] == "http.disconnect" and not exchange.completing:
-        exchange.client_gone = True
-        task.cancel()
+def _target(scope: Scope) -> bytes:
+    """The request target exactly as the client sent it (path and query string)."""
+    target: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    query = scope.get("query_string")
+    return target + b"?" + query if query else target

@@ -13,8 +13,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-
-import httpx
+from typing import Protocol
 
 from app.access_log import AccessLog
 from app.discovery import Discovery
@@ -30,6 +29,12 @@ from app.settings import Settings
 log = logging.getLogger("hyperbytedb_proxy")
 
 STARTUP_DISCOVERY_TIMEOUT = 5.0
+
+
+class Closeable(Protocol):
+    """An HTTP client or forwarder, closed once the last request is done."""
+
+    async def aclose(self) -> None: ...
 
 
 class ProxyState:
@@ -48,7 +53,7 @@ class ProxyState:
         discovery: Discovery,
         exclusions: OperatorExclusions,
         peers: PeerFleet | None,
-        clients: tuple[httpx.AsyncClient, ...],
+        clients: tuple[Closeable, ...],
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -111,6 +116,7 @@ class ProxyState:
         for client in self._clients:
             await client.aclose()
         self.access_log.close()  # every request has finished: write its lines before exiting
+        self.metrics.close()  # and export their counts
 
     def begin_shutdown(self) -> None:
         """Readiness fails from now on, so load balancers stop sending new traffic."""

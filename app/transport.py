@@ -17,9 +17,12 @@ it (the reused connection was already closing, or the first write failed) is
 it sent on another connection; every other failure goes back to the caller,
 whose retry policy decides.
 
-It honours the ``timeout`` request extension (``connect`` and ``read``
-seconds, as httpx sets them) and the ``target`` extension (the exact request
-target bytes, so a path and query string pass through unchanged).
+The proxy calls :meth:`UpstreamTransport.forward` (the
+:class:`app.forwarder.Forwarder` contract: request bytes in, status, headers
+and body chunks out, no httpx models on the way).  As an httpx transport it
+honours the ``timeout`` request extension (``connect`` and ``read`` seconds,
+as httpx sets them) and the ``target`` extension (the exact request target
+bytes, so a path and query string pass through unchanged).
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from collections.abc import AsyncIterator
 import httptools
 import httpx
 
+from app.forwarder import Header, Origin, Timeouts, origin_of
+
 HIGH_WATER = 256 * 1024  # pause reading from a backend beyond this much unread body
 LOW_WATER = 64 * 1024
 DEFAULT_READ_TIMEOUT = 60.0
@@ -41,8 +46,9 @@ DEFAULT_CONNECT_TIMEOUT = 1.0
 DEFAULT_MAX_HEADER_BYTES = 64 * 1024  # nginx's proxy_buffer_size is 4-8 KiB; InfluxDB heads are small
 DEFAULT_MAX_HEADERS = 100
 HEADER_LINE_OVERHEAD = 4  # ": " and CRLF, counted so the limit means bytes on the wire
-
-HostKey = tuple[str, int]
+# A body up to this size is copied behind the head so the request leaves in one
+# write; a larger one goes out with the head in one writev, without the copy.
+COALESCE_BODY_BYTES = 16 * 1024
 
 
 class InvalidResponse(httpx.RemoteProtocolError):
@@ -104,9 +110,9 @@ def expire_after(
 ) -> asyncio.TimerHandle:
     """Make ``waiter`` raise TimeoutError after ``timeout`` seconds; cancel the handle when done.
 
-    Every wait of the transport goes through this: a bare timer handle rather
-    than ``asyncio.timeout``, because it runs for every response and every body
-    chunk, where the context manager (or one more coroutine) costs µs.
+    A bare timer handle rather than ``asyncio.timeout``: the context manager
+    (or one more coroutine) costs µs.  Used for connecting; reads keep one
+    lazily re-armed timer per connection (``_Connection._deadline_passed``).
     """
     return loop.call_later(timeout, _expire, waiter)
 
@@ -128,7 +134,7 @@ class _Stop(Exception):
 class _Connection(asyncio.Protocol):
     """One keep-alive connection to a backend; parses one response at a time."""
 
-    def __init__(self, key: HostKey, max_header_bytes: int, max_headers: int) -> None:
+    def __init__(self, key: Origin, max_header_bytes: int, max_headers: int) -> None:
         self.key = key
         self.state = NEW
         self.idle_since = 0.0
@@ -138,6 +144,8 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._flow: FlowControl  # set in connection_made, before any data
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0  # loop time by which the awaited response data must arrive
+        self._deadline_timer: asyncio.TimerHandle | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._begin(head_only=False)
 
@@ -184,6 +192,9 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         if self.phase is BODY and self.error is None:
             if exc is None and self._body_until_close():
                 self.phase = DONE  # an HTTP/1.0-style body ends with the connection
@@ -267,8 +278,8 @@ class _Connection(asyncio.Protocol):
         self.close()
         _wake(self._waiter)
 
-    def send(self, data: bytes, *, head_only: bool) -> bool:
-        """Write a request; False when the backend provably received none of it.
+    def send(self, data: tuple[bytes, ...], *, head_only: bool) -> bool:
+        """Write a request (its pieces in order); False when the backend provably received none of it.
 
         A connection already closing, or one whose first write failed at
         once, took nothing; after that, what the backend saw is unknown.
@@ -283,7 +294,10 @@ class _Connection(asyncio.Protocol):
         else:
             self.head_only = head_only
         self.state = ACTIVE
-        transport.write(data)
+        if len(data) == 1:
+            transport.write(data[0])
+        else:
+            transport.writelines(data)
         if transport.is_closing() and self.error is None and self.phase is HEAD:
             self.close()  # the write failed before a byte left: the backend saw nothing
             return False
@@ -295,30 +309,59 @@ class _Connection(asyncio.Protocol):
                 raise self.error
             await self._wait(timeout, "response headers")
 
+    def take_chunk(self) -> bytes | None:
+        """The next piece of body if one is here, b"" at its end, None when it must be awaited."""
+        if self._chunks:
+            chunk = self._chunks.popleft()
+            self._flow.taken(len(chunk))
+            return chunk
+        if self.phase is DONE:
+            return b""
+        if self.error is not None:
+            raise self.error
+        return None
+
+    @property
+    def body_complete(self) -> bool:
+        return self.phase is DONE and not self._chunks
+
     async def read_chunk(self, timeout: float) -> bytes:
         """The next piece of body, or b"" at its end."""
-        while True:
-            if self._chunks:
-                chunk = self._chunks.popleft()
-                self._flow.taken(len(chunk))
-                return chunk
-            if self.phase is DONE:
-                return b""
-            if self.error is not None:
-                raise self.error
+        while (chunk := self.take_chunk()) is None:
             await self._wait(timeout, "body data")
+        return chunk
 
     async def _wait(self, timeout: float, what: str) -> None:
-        waiter = self._waiter = self._loop.create_future()
-        timer = expire_after(self._loop, waiter, timeout)
+        loop = self._loop
+        waiter = self._waiter = loop.create_future()
+        self._deadline = deadline = loop.time() + timeout
+        if self._deadline_timer is None or deadline < self._deadline_timer.when():
+            if self._deadline_timer is not None:
+                self._deadline_timer.cancel()
+            self._deadline_timer = loop.call_at(deadline, self._deadline_passed)
         try:
             await waiter
         except TimeoutError:
             self.close()
             raise httpx.ReadTimeout(f"backend sent no {what} within {timeout:g}s") from None
         finally:
-            timer.cancel()
             self._waiter = None
+
+    def _deadline_passed(self) -> None:
+        """The connection's read timer: it fires late or early, and re-arms for what is left.
+
+        One timer per connection rather than one per wait: a wait only moves
+        the deadline, and a busy connection's timer fires once a timeout
+        period instead of being created and cancelled for every response.
+        """
+        self._deadline_timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self.state is CLOSED:
+            return  # nothing waits: the next wait arms the timer again
+        if self._loop.time() >= self._deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._deadline_timer = self._loop.call_at(self._deadline, self._deadline_passed)
 
     def finish(self) -> bool:
         """The response is over for the caller; True when the connection may carry another."""
@@ -341,6 +384,9 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self.state = CLOSED
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
         transport = self._transport
         if transport is not None:
             if transport.get_write_buffer_size():
@@ -354,25 +400,49 @@ def _closed_reason(when: str, exc: BaseException | None) -> str:
     return reason if exc is None else f"{reason}: {exc}"
 
 
-class _ResponseStream(httpx.AsyncByteStream):
-    """Streams a response body; hands the connection back to the pool when done with it."""
+class UpstreamReply:
+    """A backend's response read from a pooled connection (:class:`app.forwarder.UpstreamResponse`)."""
+
+    __slots__ = ("_conn", "_pool", "_read_timeout", "headers", "reason", "status")
 
     def __init__(self, pool: UpstreamTransport, conn: _Connection, read_timeout: float) -> None:
         self._pool = pool
         self._conn: _Connection | None = conn
         self._read_timeout = read_timeout
+        self.status = conn.status
+        self.reason = conn.reason
+        self.headers = conn.headers
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    @property
+    def body_complete(self) -> bool:
+        conn = self._conn
+        return conn is None or conn.body_complete
+
+    async def read_chunk(self) -> bytes:
         conn = self._conn
         if conn is None:
-            return
-        while chunk := await conn.read_chunk(self._read_timeout):
-            yield chunk
+            return b""
+        chunk = conn.take_chunk()  # the common case: already here, no wait
+        return chunk if chunk is not None else await conn.read_chunk(self._read_timeout)
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             self._pool.release(conn)
+
+
+class _ResponseStream(httpx.AsyncByteStream):
+    """A reply's body as an httpx stream, for callers of the httpx transport interface."""
+
+    def __init__(self, reply: UpstreamReply) -> None:
+        self._reply = reply
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while chunk := await self._reply.read_chunk():
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._reply.aclose()
 
 
 class UpstreamTransport(httpx.AsyncBaseTransport):
@@ -399,50 +469,77 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         self._server_hostname = server_hostname
         self._max_header_bytes = max_header_bytes
         self._max_headers = max_headers
-        self._idle: dict[HostKey, list[_Connection]] = {}
+        self._idle: dict[Origin, list[_Connection]] = {}
         self._closed = False
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        key = (url.host, url.port or (443 if self._ssl else 80))
-        timeouts = request.extensions.get("timeout") or {}
-        read_timeout = timeouts.get("read") or DEFAULT_READ_TIMEOUT
-        data = await self._serialize(request)
-        head_only = request.method == "HEAD"
-
-        conn = self._take_idle(key)
-        while conn is not None and not conn.send(data, head_only=head_only):
-            conn = self._take_idle(key)  # it was closing: nothing was sent, try the next
-        if conn is None:
-            conn = await self._connect(key, timeouts.get("connect") or DEFAULT_CONNECT_TIMEOUT)
-            if not conn.send(data, head_only=head_only):
-                # Accepted, then closed before a byte of the request left: as good as refused.
-                raise httpx.ConnectError(f"{key[0]}:{key[1]} closed the connection before the request")
+    async def forward(
+        self,
+        origin: Origin,
+        method: str,
+        target: bytes,
+        headers: list[Header],
+        body: bytes,
+        timeouts: Timeouts,
+    ) -> UpstreamReply:
+        """Send one request and return its response once the head has arrived."""
+        parts = [method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n")
+        if len(body) <= COALESCE_BODY_BYTES:
+            parts.append(body)
+            data: tuple[bytes, ...] = (b"".join(parts),)
+        else:
+            data = (b"".join(parts), body)
+        conn = await self._send(origin, data, method == "HEAD", timeouts.connect)
         try:
-            await conn.read_head(read_timeout)
+            await conn.read_head(timeouts.read)
         except BaseException:
             conn.close()
             raise
+        return UpstreamReply(self, conn, timeouts.read)
+
+    async def _send(
+        self, origin: Origin, data: tuple[bytes, ...], head_only: bool, connect_timeout: float
+    ) -> _Connection:
+        """Write the request on an idle connection, or on a new one when none took it."""
+        conn = self._take_idle(origin)
+        while conn is not None and not conn.send(data, head_only=head_only):
+            conn = self._take_idle(origin)  # it was closing: nothing was sent, try the next
+        if conn is None:
+            conn = await self._connect(origin, connect_timeout)
+            if not conn.send(data, head_only=head_only):
+                # Accepted, then closed before a byte of the request left: as good as refused.
+                where = f"{origin.host}:{origin.port}"
+                raise httpx.ConnectError(f"{where} closed the connection before the request")
+        return conn
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        """The httpx transport interface, over :meth:`forward`."""
+        url = request.url
+        origin = origin_of(url.scheme, url.host, url.port or (443 if self._ssl else 80))
+        timeouts = request.extensions.get("timeout") or {}
+        connect, read = timeouts.get("connect"), timeouts.get("read")
+        target = request.extensions.get("target") or url.raw_path
+        body = request.content if isinstance(request.stream, httpx.ByteStream) else await request.aread()
+        reply = await self.forward(
+            origin,
+            request.method,
+            target,
+            request.headers.raw,
+            body,
+            Timeouts(connect or DEFAULT_CONNECT_TIMEOUT, read or DEFAULT_READ_TIMEOUT),
+        )
         return httpx.Response(
-            conn.status,
-            headers=conn.headers,
-            stream=_ResponseStream(self, conn, read_timeout),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": conn.reason},
+            reply.status,
+            headers=reply.headers,
+            stream=_ResponseStream(reply),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reply.reason},
         )
 
-    @staticmethod
-    async def _serialize(request: httpx.Request) -> bytes:
-        target = request.extensions.get("target") or request.url.raw_path
-        body = request.content if isinstance(request.stream, httpx.ByteStream) else await request.aread()
-        lines = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
-        for name, value in request.headers.raw:
-            lines += (name, b": ", value, b"\r\n")
-        lines += (b"\r\n", body)
-        return b"".join(lines)
-
-    async def _connect(self, key: HostKey, timeout: float) -> _Connection:
+    async def _connect(self, key: Origin, timeout: float) -> _Connection:
         loop = asyncio.get_running_loop()
-        host, port = key
+        host, port = key.host, key.port
         connecting = loop.create_task(
             loop.create_connection(
                 lambda: _Connection(key, self._max_header_bytes, self._max_headers),
@@ -473,7 +570,7 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
         return conn
 
-    def _take_idle(self, key: HostKey) -> _Connection | None:
+    def _take_idle(self, key: Origin) -> _Connection | None:
         stack = self._idle.get(key)
         now = time.monotonic()
         while stack:
@@ -496,12 +593,13 @@ class UpstreamTransport(httpx.AsyncBaseTransport):
         stack.append(conn)
 
     def idle_connections(self, host: str, port: int) -> int:
-        return sum(c.usable for c in self._idle.get((host, port), ()))
+        return sum(c.usable for key, stack in self._idle.items() if key[:2] == (host, port) for c in stack)
 
     def forget(self, host: str, port: int) -> None:
         """Close the idle connections to a backend that left the pool."""
-        for conn in self._idle.pop((host, port), ()):
-            conn.close()
+        for key in [key for key in self._idle if key[:2] == (host, port)]:
+            for conn in self._idle.pop(key):
+                conn.close()
 
     async def aclose(self) -> None:
         self._closed = True

@@ -9,7 +9,9 @@ Each variant is a directory holding an ``app`` package -- the repository itself
 
 ``DIR:VAR=VALUE+VAR=VALUE`` adds environment variables (``:VAR=VALUE`` alone
 means the repository's app) to the proxy's defaults (access log on; the
-example's last variant turns it off).  Variants run one after the other in each round,
+example's last variant turns it off).  The variant ``ceiling`` is the
+uvicorn-ceiling row's bare ASGI app (``bench/ceiling.py``), so a ratio to it
+comes from the same rounds.  Variants run one after the other in each round,
 next to the nginx backend, and the rounds repeat the order, so a slow minute of
 a shared machine hits every variant alike.  Reported per variant and
 connection count: median req/s, p50, p99 and proxy CPU microseconds per request.
@@ -32,8 +34,12 @@ from bench.cli import SCENARIOS, Bench, parse_args, say
 from bench.tools import ToolError, ensure
 from sim.processes import stop_all
 
+CEILING = "ceiling"
+
 
 def _variant(spec: str) -> tuple[str, Path, dict[str, str]]:
+    if spec == CEILING:
+        return spec, Path(CEILING), {}
     where, _, env_text = spec.partition(":")
     tree = Path(where or ".").resolve()
     if not (tree / "app" / "__init__.py").is_file():
@@ -43,6 +49,8 @@ def _variant(spec: str) -> tuple[str, Path, dict[str, str]]:
 
 
 def _argv(tree: Path) -> list[str]:
+    if tree == Path(CEILING):
+        return [sys.executable, "-m", "bench.ceiling"]
     # The tree goes first on sys.path, ahead of the repository (the child's cwd).
     code = (
         f"import sys; sys.path.insert(0, {str(tree)!r}); import runpy; "
@@ -53,7 +61,9 @@ def _argv(tree: Path) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n")[0])
-    parser.add_argument("variants", nargs="+", help="DIR[:VAR=VALUE+...] holding an app package")
+    parser.add_argument(
+        "variants", nargs="+", help="DIR[:VAR=VALUE+...] holding an app package, or 'ceiling'"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", default="32,1")
@@ -117,9 +127,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 middle: float = statistics.median(v[key] for v in values if v[key] is not None)
                 return middle
 
+            ratio = ""
+            if CEILING in results and spec != CEILING:
+                ceiling = statistics.median(run[conns]["rps"] for run in results[CEILING])
+                ratio = f" = {median('rps') / ceiling:.3f} x ceiling"
             cells.append(
                 f"{conns:>3}c {median('rps'):>7,.0f} req/s p50 {median('p50'):6.3f} "
-                f"p99 {median('p99'):6.2f} ms CPU {median('us'):6.1f} us/req"
+                f"p99 {median('p99'):6.2f} ms CPU {median('us'):6.1f} us/req{ratio}"
             )
         print(f"{spec:<{width}}  " + " | ".join(cells))
     return 0

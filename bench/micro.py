@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import io
 import logging
+import pstats
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -23,9 +25,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from app.access_log import AccessLog
+from app.backend import Health
 from app.headers import request_headers, response_headers
 from app.logs import TextFormatter, redact_query
+from app.main import create_app
 from app.metrics import Metrics
+from app.settings import load_settings
 
 BACKEND = "http://127.0.0.2:8086"
 TARGET = b"/query?db=bench&q=SELECT+1"
@@ -41,6 +46,20 @@ BODY = (
     b'{"results":[{"statement_id":0,"series":[{"name":"cpu","columns":["time","value"],"values":[[0,1]]}]}]}'
 )
 TIMEOUTS = {"connect": 1.0, "read": 60.0, "write": 60.0, "pool": 60.0}
+SCOPE = {
+    "type": "http",
+    "asgi": {"version": "3.0"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "path": "/query",
+    "raw_path": b"/query",
+    "query_string": b"db=bench&q=SELECT+1",
+    "root_path": "",
+    "headers": CLIENT_HEADERS,
+    "client": ("127.0.0.1", 5000),
+    "server": ("127.0.0.1", 8086),
+}
 
 
 def timed(fn: Callable[[], Any], n: int) -> float:
@@ -62,6 +81,81 @@ async def atimed(fn: Callable[[], Awaitable[Any]], n: int) -> float:
             await fn()
         best = min(best, time.perf_counter() - start)
     return best / n * 1e6
+
+
+class _CannedResponse:
+    """nginx's small answer, whole: what a pooled connection hands over after one read."""
+
+    __slots__ = ("_body", "headers", "status")
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.headers = NGINX_HEADERS
+        self._body = BODY
+
+    @property
+    def body_complete(self) -> bool:
+        return not self._body
+
+    async def read_chunk(self) -> bytes:
+        body, self._body = self._body, b""
+        return body
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _InstantForwarder:
+    """A Forwarder that answers at once: what is left of a request is the proxy's own work."""
+
+    async def forward(self, *args: Any) -> _CannedResponse:
+        return _CannedResponse()
+
+    def forget(self, host: str, port: int) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _OneBackend:
+    async def resolve(self, name: str) -> list[str]:
+        return ["127.0.0.2"]
+
+
+async def proxied_request(n: int, *, profile: bool = False) -> float:
+    """One whole proxied request through ProxyEndpoint, access log on (to memory), µs per request."""
+    settings = load_settings({"HYPERBYTEDB_PROXY_BACKEND_SERVICE": "db.bench"})
+    logger = logging.getLogger("bench.micro.proxied")
+    logger.setLevel(logging.INFO)
+    access_log = AccessLog("text", stream=io.StringIO(), logger=logger)
+    app = create_app(settings, forwarder=_InstantForwarder(), resolver=_OneBackend(), access_log=access_log)
+    state = app.state.proxy
+    state.pool.reconcile(["127.0.0.2"])
+    (backend,) = state.pool.backends()
+    state.pool.set_health(backend, Health.ACTIVE, "bench")
+    access_log.start()
+    scope = dict(SCOPE)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        return None
+
+    async def one() -> None:
+        await app(dict(scope), receive, send)
+
+    profiler = cProfile.Profile() if profile else None
+    if profiler is not None:
+        profiler.enable()
+    try:
+        return await atimed(one, n)
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        access_log.close()
 
 
 class _FixedTransport(httpx.AsyncBaseTransport):
@@ -202,20 +296,7 @@ async def async_pieces(n: int) -> list[tuple[str, float]]:
         for p in ("/healthz", "/readyz", "/metrics", "/admin/backends")
     ]
     starlette = Starlette(routes=[*routes, Route("/{path:path}", endpoint)])
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": "/query",
-        "raw_path": b"/query",
-        "query_string": b"db=bench&q=SELECT+1",
-        "root_path": "",
-        "headers": CLIENT_HEADERS,
-        "client": ("127.0.0.1", 5000),
-        "server": ("127.0.0.1", 8086),
-    }
+    scope = SCOPE
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -239,6 +320,10 @@ async def async_pieces(n: int) -> list[tuple[str, float]]:
             pass
 
     out = [
+        (
+            "a whole proxied request (ProxyEndpoint, access log on, instant forwarder)",
+            await proxied_request(n),
+        ),
         ("AsyncClient.send(stream=True) + aclose, instant transport", await atimed(via_client, n)),
         ("transport.handle_async_request + aclose, same transport", await atimed(via_transport, n)),
         (
@@ -256,6 +341,9 @@ async def async_pieces(n: int) -> list[tuple[str, float]]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.micro", description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=20_000, help="calls per round (best of 3 rounds)")
+    parser.add_argument(
+        "--profile", action="store_true", help="only the whole proxied request, under cProfile"
+    )
     args = parser.parse_args(argv)
     try:
         import uvloop
@@ -263,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runner: Callable[[Coroutine[Any, Any, Any]], Any] = uvloop.run
     except ImportError:
         runner = asyncio.run
+    if args.profile:
+        runner(proxied_request(args.n, profile=True))
+        return 0
     results = sync_pieces(args.n) + runner(async_pieces(args.n))
     width = max(len(name) for name, _ in results)
     print(f"{'piece of the per-request path':<{width}}  us/call")

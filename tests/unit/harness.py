@@ -96,6 +96,7 @@ class Harness:
         return [call.request.url.host for call in self.backends.calls]
 
     def metric(self, name: str, labels: dict[str, str] | None = None) -> float:
+        self.state.metrics.sync()  # as a scrape does
         value = self.state.metrics.registry.get_sample_value(name, labels or {})
         return 0.0 if value is None else value
 

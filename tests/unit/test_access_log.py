@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from app.access_log import LOGGER_NAME, AccessLog
+from app.access_log import BATCH_LINES, LOGGER_NAME, AccessLog
 from app.logs import JsonFormatter, OperatorHandler, TextFormatter
 from app.metrics import Metrics
 from tests.unit.harness import Harness
@@ -56,6 +56,50 @@ def test_lines_are_identical_to_the_logging_formatters(log_format: str, formatte
         assert json.loads(line)["path"] == "/a path"
     else:
         assert 'path="/a path"' in line and "backend=None" in line
+
+
+REQUEST_ARGS = ("GET", "/a path", b"db=x&u=admin&p=hunter2", 200, "ok", None, 1, 0.0, 0.00125, "127.0.0.1")
+
+
+@pytest.mark.parametrize(("log_format", "formatter"), [("text", TextFormatter()), ("json", JsonFormatter())])
+async def test_request_lines_formatted_in_a_batch_match_the_logging_formatters(
+    log_format: str, formatter: logging.Formatter
+) -> None:
+    out = io.StringIO()
+    access = AccessLog(log_format, stream=out, logger=_logger(), flush_secs=3600)
+    access.start()
+    access.request(*REQUEST_ARGS)
+    access.request("POST", "/write", b"", 204, "ok", "10.0.0.1:8086", 2, 0.0123456, 0.5, None)
+    assert out.getvalue() == ""  # only the fields were kept
+    access.close()
+    first, second = out.getvalue().splitlines(keepends=True)
+    expected = formatter.format(_record(time.time())) + "\n"
+    if log_format == "json":  # equal but for the time stamp
+        assert {**json.loads(first), "ts": ""} == {**json.loads(expected), "ts": ""}
+        assert list(json.loads(first)) == list(json.loads(expected))  # the same keys, in the same order
+    else:
+        assert first.split(" ", 1)[1] == expected.split(" ", 1)[1]
+        assert len(first.split(" ", 1)[0]) == len(expected.split(" ", 1)[0])
+    assert "hunter2" not in first
+    fields = json.loads(second) if log_format == "json" else dict(p.split("=", 1) for p in second.split()[4:])
+    assert str(fields["held_ms"]) == "12.3" and str(fields["duration_ms"]) == "500.0"
+    assert str(fields["query"]) in ("", '""') and str(fields["client"]) in ("None", "null")
+
+
+async def test_request_batches_are_handed_over_at_batch_lines() -> None:
+    out = _WatchedStream()
+    access = AccessLog("text", stream=out, logger=_logger(), flush_secs=3600)
+    access.start()
+    try:
+        for _ in range(BATCH_LINES - 1):
+            access.request(*REQUEST_ARGS)
+        await asyncio.sleep(0.05)
+        assert not out.written.is_set()  # still fields, waiting for the batch or the timer
+        access.request(*REQUEST_ARGS)
+        assert await asyncio.to_thread(out.written.wait, 10)
+    finally:
+        access.close()
+    assert len(out.getvalue().splitlines()) == BATCH_LINES
 
 
 async def test_lines_are_batched_and_written_on_close() -> None:

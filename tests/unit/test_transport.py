@@ -12,6 +12,7 @@ import asyncio
 import httpx
 import pytest
 
+from app.forwarder import origin_of
 from app.transport import (
     HIGH_WATER,
     ConnectionState,
@@ -22,8 +23,8 @@ from app.transport import (
 
 pytestmark = pytest.mark.anyio
 
-KEY = ("127.0.0.2", 8086)
-REQUEST = b"GET /ping HTTP/1.1\r\nhost: a\r\n\r\n"
+KEY = origin_of("http", "127.0.0.2", 8086)
+REQUEST = (b"GET /ping HTTP/1.1\r\nhost: a\r\n\r\n",)
 
 
 class MockTransport:
@@ -36,12 +37,20 @@ class MockTransport:
         self.reading = True
         self.write_buffer = 0
         self.write_fails = write_fails
+        self.writes = 0  # write or writelines calls: each is one system call on a real transport
 
     def write(self, data: bytes) -> None:
+        self.writes += 1
         if self.write_fails:
             self.close()  # what asyncio does when the first send() fails: nothing left
             return
         self.written += data
+
+    def writelines(self, pieces: tuple[bytes, ...]) -> None:
+        self.writes += 1
+        for piece in pieces:
+            self.write(piece)
+        self.writes -= len(pieces)
 
     def is_closing(self) -> bool:
         return self.closing
@@ -101,7 +110,7 @@ async def test_content_length_body_split_anywhere_and_connection_reusable() -> N
     conn, mock, body = await exchange(*(raw[i : i + 7] for i in range(0, len(raw), 7)))
     assert (conn.status, conn.reason, body) == (200, b"OK", b"hello world")
     assert conn.headers == [(b"Content-Length", b"11"), (b"X-A", b"1"), (b"X-A", b"2")]
-    assert mock.written == REQUEST
+    assert mock.written == REQUEST[0]
     assert conn.finish() and conn.state is ConnectionState.IDLE
 
 
@@ -344,6 +353,30 @@ async def test_slow_backend_is_a_read_timeout() -> None:
     assert mock.closing
 
 
+async def test_the_read_deadline_moves_with_each_wait_on_one_timer() -> None:
+    loop = asyncio.get_running_loop()
+    # A long wait that ends early leaves its timer armed; a shorter later wait still times out on time.
+    conn, _, _ = await exchange(b"HTTP/1.1 204 No Content\r\n\r\n")
+    assert conn.finish()
+    conn.send(REQUEST, head_only=False)
+    started = loop.time()
+    with pytest.raises(httpx.ReadTimeout):
+        await conn.read_head(0.05)
+    assert 0.04 <= loop.time() - started < 1.0
+
+    # The timer armed by the first wait fires before the second wait's deadline: it re-arms.
+    conn, _ = connect()
+    conn.send(REQUEST, head_only=False)
+    pending = asyncio.ensure_future(conn.read_head(0.2))
+    await asyncio.sleep(0.1)
+    conn.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n")
+    await pending
+    started = loop.time()
+    with pytest.raises(httpx.ReadTimeout):
+        await conn.read_chunk(0.2)
+    assert 0.18 <= loop.time() - started < 1.0  # not at the first timer's 0.1 s
+
+
 async def test_reading_pauses_above_the_high_water_mark_and_resumes_when_read() -> None:
     conn, mock = connect()
     conn.send(REQUEST, head_only=False)
@@ -365,7 +398,7 @@ async def test_reading_pauses_above_the_high_water_mark_and_resumes_when_read() 
 def request(method: str = "GET", content: bytes = b"") -> httpx.Request:
     return httpx.Request(
         method,
-        f"http://{KEY[0]}:{KEY[1]}/",
+        f"{KEY.url}/",
         content=content,
         extensions={"timeout": {"connect": 0.5, "read": 1.0}, "target": b"/write"},
     )
@@ -383,7 +416,7 @@ async def pooled(transport: UpstreamTransport, **mock_options: bool) -> MockTran
 async def test_idle_connection_is_reused_most_recent_first() -> None:
     transport = UpstreamTransport()
     older, newer = await pooled(transport), await pooled(transport)
-    assert transport.idle_connections(*KEY) == 2
+    assert transport.idle_connections(KEY.host, KEY.port) == 2
     pending = asyncio.ensure_future(transport.handle_async_request(request("POST", b"m v=1")))
     await settle()
     assert newer.written.startswith(b"POST /write HTTP/1.1\r\n") and newer.written.endswith(b"\r\n\r\nm v=1")
@@ -391,7 +424,7 @@ async def test_idle_connection_is_reused_most_recent_first() -> None:
     newer.protocol.data_received(b"HTTP/1.1 204 No Content\r\n\r\n")
     response = await pending
     await response.aclose()
-    assert response.status_code == 204 and transport.idle_connections(*KEY) == 2
+    assert response.status_code == 204 and transport.idle_connections(KEY.host, KEY.port) == 2
 
 
 async def test_closing_or_failed_write_connections_are_skipped_without_a_resend() -> None:
@@ -428,4 +461,4 @@ async def test_unread_response_closes_its_connection_on_release() -> None:
     mock.protocol.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
     response = await pending
     await response.aclose()  # abandoned mid-body, e.g. the client went away
-    assert mock.closing and transport.idle_connections(*KEY) == 0
+    assert mock.closing and transport.idle_connections(KEY.host, KEY.port) == 0

@@ -272,7 +272,7 @@ async def test_large_body_is_streamed_with_back_pressure() -> None:
     async with serve(big) as (host, port, _):
         response = await transport.handle_async_request(request(host, port))
         await asyncio.sleep(0.3)  # the reader is slow: the transport must stop buffering
-        conn = response.stream._conn  # type: ignore[union-attr]
+        conn = response.stream._reply._conn  # type: ignore[union-attr]
         assert conn._flow.buffered <= 2 * 1024 * 1024
         total = 0
         async for chunk in response.stream:  # type: ignore[union-attr]
