@@ -147,6 +147,7 @@ class _Connection(asyncio.Protocol):
         self._deadline = 0.0  # loop time by which the awaited response data must arrive
         self._deadline_timer: asyncio.TimerHandle | None = None
         self._parser = httptools.HttpResponseParser(self)
+        self._chunks: collections.deque[bytes] = collections.deque()  # empty whenever IDLE
         self._begin(head_only=False)
 
     def _begin(self, *, head_only: bool) -> None:
@@ -159,7 +160,6 @@ class _Connection(asyncio.Protocol):
         self.error: httpx.TransportError | None = None
         self._head_wire_bytes = 0  # raw bytes while the head is awaited, interim heads included
         self._head_size = 0  # status and header lines of the current message (or its trailers)
-        self._chunks: collections.deque[bytes] = collections.deque()
 
     # -- asyncio.Protocol --------------------------------------------------
 
@@ -289,7 +289,8 @@ class _Connection(asyncio.Protocol):
             self.close()
             return False
         if self.state is not NEW:
-            self._parser = httptools.HttpResponseParser(self)
+            # IDLE: the last response ended cleanly where its framing said, so
+            # the parser stands at a message boundary and is used again.
             self._begin(head_only=head_only)
         else:
             self.head_only = head_only

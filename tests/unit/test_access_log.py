@@ -8,12 +8,13 @@ import json
 import logging
 import threading
 import time
+from typing import Any
 
 import httpx
 import pytest
 
 from app.access_log import BATCH_LINES, LOGGER_NAME, AccessLog
-from app.logs import JsonFormatter, OperatorHandler, TextFormatter
+from app.logs import JsonFormatter, OperatorHandler, TextFormatter, redact_query
 from app.metrics import Metrics
 from tests.unit.harness import Harness
 
@@ -84,6 +85,33 @@ async def test_request_lines_formatted_in_a_batch_match_the_logging_formatters(
     fields = json.loads(second) if log_format == "json" else dict(p.split("=", 1) for p in second.split()[4:])
     assert str(fields["held_ms"]) == "12.3" and str(fields["duration_ms"]) == "500.0"
     assert str(fields["query"]) in ("", '""') and str(fields["client"]) in ("None", "null")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("GET", "/query", b"db=x&q=SELECT+1", 200, "ok", "10.0.0.1:8086", 1, 0.0, 0.00342, "127.0.0.1"),
+        ("GET", "/query", b"", 200, "ok", None, 0, 0.25, 1.5, None),
+        ("POST", "/write", b"db=x&u=admin&P=Hunter2", 204, "ok", "[fd00::1]:8086", 1, 0.0, 0.001, "::1"),
+        ("GET", "/query", b"q=CREATE+USER+a+WITH+PASSWORD+%27s3cret%27", 200, "ok", None, 1, 0.0, 0.1, "x"),
+        ("GET", "/a b", b"a b", 503, "no_backend", None, 0, 5.0, 5.0, "client with space"),
+        ("GET", "/query", b"db=x", 200, "ok", None, 1, 0.0, 0.1, "Authorization: Bearer abc"),
+    ],
+)
+async def test_every_batched_text_line_matches_the_text_formatter(args: tuple[Any, ...]) -> None:
+    out = io.StringIO()
+    access = AccessLog("text", stream=out, logger=_logger(), flush_secs=3600)
+    access.start()
+    access.request(*args)
+    access.close()
+    line = out.getvalue()
+    fields = dict(zip(FIELDS, (args[0], args[1], redact_query(args[2].decode()), *args[3:7]), strict=False))
+    fields.update(held_ms=round(args[7] * 1000, 1), duration_ms=round(args[8] * 1000, 2), client=args[9])
+    record = logging.LogRecord(LOGGER_NAME, logging.INFO, __file__, 1, "request", None, None)
+    record.fields = fields  # type: ignore[attr-defined]
+    expected = TextFormatter().format(record) + "\n"
+    assert line.split(" ", 1)[1] == expected.split(" ", 1)[1]
+    assert "unter2" not in line and "s3cret" not in line and " abc" not in line
 
 
 async def test_request_batches_are_handed_over_at_batch_lines() -> None:
