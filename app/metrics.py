@@ -219,9 +219,15 @@ class Metrics:
             self.backends.labels(health.value).set(0)
         self.backends.labels(EJECTED).set(0)
 
+    def request_started(self) -> None:
+        self.stats.inflight += 1
+        if self._sync_timer is None:  # a long request shows in the in-flight gauge within SYNC_SECS
+            self._sync_timer = asyncio.get_running_loop().call_later(SYNC_SECS, self.sync)
+
     def request_finished(self, outcome: str, seconds: float) -> None:
         """Count one request (the hot path): plain increments, the export follows within SYNC_SECS."""
         stats = self.stats
+        stats.inflight -= 1
         stats.outcomes[outcome] += 1
         stats.request_duration.observe(seconds)
         if self._sync_timer is None:

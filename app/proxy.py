@@ -148,8 +148,7 @@ class ProxyEndpoint:
         exchange.receive = receive
         exchange.task = task
         held_bytes = 0
-        stats = self._stats
-        stats.inflight += 1
+        self._metrics.request_started()
         try:
             body, held_bytes = await self._read_body(scope, receive, exchange)
             if body is None:
@@ -177,15 +176,17 @@ class ProxyEndpoint:
         finally:
             self._watch.discard(exchange)
             self._release(held_bytes)
-            stats.inflight -= 1
             self._record(exchange)
 
     async def _refuse_private(self, scope: Scope, send: Send) -> None:
         """A path outside PUBLIC_PATHS: 404 from the proxy itself, no backend contacted."""
+        self._metrics.request_started()
         exchange = _Exchange(scope, send, time.perf_counter())
         exchange.outcome = "not_public"
-        await exchange.error(404, "not found: this path is not served by the proxy")
-        self._record(exchange)
+        try:
+            await exchange.error(404, "not found: this path is not served by the proxy")
+        finally:
+            self._record(exchange)
 
     # -- request body ----------------------------------------------------
 

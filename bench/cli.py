@@ -77,6 +77,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--json", type=Path, default=DEFAULT_JSON, help=f"results file (default {DEFAULT_JSON})"
     )
     parser.add_argument("--keep-logs", action="store_true", help="keep the temp dir with every process's log")
+    parser.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=None,
+        help="interleaved rounds of ceiling, ours and ours without log judging T7 and T8 (default 3)",
+    )
     args = parser.parse_args(argv)
     args.only = [part.strip() for part in args.only.split(",") if part.strip()]
     unknown = set(args.only) - set(ALL_PARTS)
@@ -94,6 +100,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--connections takes comma-separated integers")
     if not args.connections or min(args.connections) < 1 or max(args.connections) > 4096:
         parser.error("--connections must be between 1 and 4096")
+    if args.paired_rounds is None:
+        args.paired_rounds = 1 if args.quick else 3
+    if not 0 <= args.paired_rounds <= 10:
+        parser.error("--paired-rounds must be between 0 and 10")
     args.stream_bytes = QUICK_STREAM_BYTES if args.quick else FULL_STREAM_BYTES
     return args
 
@@ -121,6 +131,7 @@ class Bench:
         self.memory: dict[str, int | None] = {"idle RSS": None, "RSS after load": None}
         self.notes: list[str] = []
         self.tls_lines: list[str] = []
+        self.paired: report.Paired | None = None
         self.progress: Progress | None = None  # set by main(); other drivers (bench.ab) go without
 
     # ------------------------------------------------------------ processes
@@ -295,6 +306,8 @@ class Bench:
         if self.scenarios:
             steps = len(self.all_combos()) * (1 + len(self.targets()))
             steps -= sum(len(self.all_combos()) - len(c) for _, _, c in self.targets() if c is not None)
+        if self.paired_conns() is not None:
+            steps += self.args.paired_rounds * len(report.PAIRED_TARGETS)
         return steps + (STREAM_STEPS if "stream" in self.args.only else 0)
 
     def request_phase(self) -> None:
@@ -309,8 +322,55 @@ class Bench:
             if reason:
                 self.skip(report.OURS_GUNICORN, reason)
                 self.notes.append(f"gunicorn variant skipped: {reason}")
+            if self.paired_conns() is not None:
+                self.paired_phase()
         finally:
             self._stop(backend)
+
+    def paired_conns(self) -> int | None:
+        """The connection count of the side-by-side rounds (32 when measured), or None: no rounds."""
+        if "query" not in self.scenarios or self.args.paired_rounds < 1:
+            return None
+        return 32 if 32 in self.args.connections else max(self.args.connections)
+
+    def paired_phase(self) -> None:
+        """The ceiling, ours and ours without its log, all running, measured in turns, round after round."""
+        conns = self.paired_conns()
+        assert conns is not None
+        self.paired = paired = report.Paired(conns)
+        starters: dict[str, Callable[[], ProxyProcess]] = {
+            report.CEILING: lambda: self.start_ours(argv=[sys.executable, "-m", "bench.ceiling"]),
+            report.OURS: self.start_ours,
+            report.OURS_LOG_OFF: lambda: self.start_ours(env={"LOG_LEVEL": "warning"}),
+        }
+        procs: dict[str, ProxyProcess] = {}
+        try:
+            for target in report.PAIRED_TARGETS:
+                procs[target] = starters[target]()
+                paired.rps[target] = []
+            for round_no in range(self.args.paired_rounds):
+                for target in report.PAIRED_TARGETS:
+                    url = procs[target].url + SCENARIOS["query"]
+                    if round_no == 0:
+                        with contextlib.suppress(wrk.WrkError):
+                            wrk.run(self.tools["wrk"], url, connections=conns, duration=WARMUP_SECS)
+                    if self.progress is not None:
+                        self.progress.step(f"side by side, round {round_no + 1}: {target}, query x{conns}")
+                    time.sleep(PAUSE_SECS)
+                    try:
+                        result, _ = wrk.run(
+                            self.tools["wrk"], url, connections=conns, duration=self.args.duration
+                        )
+                    except wrk.WrkError as exc:
+                        say(f"side by side, {target}: {exc}")
+                        continue
+                    paired.rps[target].append(result.rps)
+                    say(f"side by side, round {round_no + 1}: {target:<32} {result.rps:>9,.0f} req/s")
+        except Exception as exc:
+            self.notes.append(f"side-by-side rounds incomplete: {type(exc).__name__}: {exc}")
+        finally:
+            for proc in procs.values():
+                self._stop(proc)
 
     def _run_target(
         self,
@@ -561,12 +621,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _finish(bench: Bench, args: argparse.Namespace, tools: dict[str, str], elapsed: float) -> int:
-    report.annotate(bench.rows)
+    paired = bench.paired
+    report.annotate(bench.rows, judged_elsewhere=("T7", "T8") if paired else ())
     checks = report.evaluate(
-        bench.rows, bench.streams, bench.memory["idle RSS"], stream_bytes=args.stream_bytes
+        bench.rows, bench.streams, bench.memory["idle RSS"], stream_bytes=args.stream_bytes, paired=paired
     )
     text = report.render(bench.rows, bench.streams, checks, bench.memory, stream_bytes=args.stream_bytes)
     extra = bench.comparisons() + (["", *bench.tls_lines] if bench.tls_lines else [])
+    if paired is not None:
+        extra += ["", *paired.lines()]
     info = report.machine(tools)
     print()
     print(text)
@@ -597,6 +660,7 @@ def _finish(bench: Bench, args: argparse.Namespace, tools: dict[str, str], elaps
         "stream": [row.to_json() for row in bench.streams],
         "memory_bytes": bench.memory,
         "targets": [check.to_json() for check in checks],
+        "side_by_side": paired.to_json() if paired is not None else None,
         "notes": bench.notes,
         "table": text,
         "comparisons": extra,

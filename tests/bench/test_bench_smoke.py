@@ -44,6 +44,9 @@ def test_quick_bench_reports_every_target(tmp_path: Path) -> None:
         assert target in table, f"{target!r} missing from the table\n{output}"
     for check in ("T1", "T2", "T3", "T4", "T5a", "T5b", "T6"):
         assert f"] {check} " in table, f"target {check} missing\n{output}"
+    for check in ("T7", "T8"):
+        assert f"] {check} " in table and "medians" in table, f"target {check} missing\n{output}"
+    assert "Side by side: small query x32, 1 interleaved rounds" in table, output
     assert "Transport comparison" in table, output
     assert "TLS to the backend" in table, output
 
@@ -53,6 +56,9 @@ def test_quick_bench_reports_every_target(tmp_path: Path) -> None:
     assert set(report.TARGETS) - {report.OURS_GUNICORN} <= measured, output
     assert {tls.NGINX_TLS, tls.OURS_TLS} <= measured, output
     assert all(row["wrk"]["requests"] > 0 for row in data["rows"] if row["status"] == "ok"), output
+    side = data["side_by_side"]
+    assert side["conns"] == 32 and set(side["rps"]) == set(report.PAIRED_TARGETS), output
+    assert all(len(rounds) == 1 and rounds[0] > 0 for rounds in side["rps"].values()), output
     assert {row["target"] for row in data["stream"] if row["status"] == "ok"} == set(report.STREAM_TARGETS), (
         output
     )

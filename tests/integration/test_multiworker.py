@@ -61,7 +61,12 @@ def test_two_workers_aggregate_metrics(
                 assert r.status_code == 204
         pids = {p.name.split("_")[-1].removesuffix(".db") for p in multiproc.glob("counter_*.db")}
         assert len(pids) == 2, f"expected both workers to count requests, saw files for {pids}"
-        text = httpx.get(f"{proxy.url}/metrics", timeout=5).text
+        # Each worker adds its requests to its metric file within a tenth of a second.
+        for _ in range(20):
+            text = httpx.get(f"{proxy.url}/metrics", timeout=5).text
+            if _sample(text, 'hyperbytedb_proxy_requests_total{outcome="ok"}') == 60:
+                break
+            time.sleep(0.05)
         assert _sample(text, 'hyperbytedb_proxy_requests_total{outcome="ok"}') == 60  # summed over workers
         assert _sample(text, "hyperbytedb_proxy_request_duration_seconds_count") == 60
         active = _sample(text, 'hyperbytedb_proxy_backends{health="active"}')
