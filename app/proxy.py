@@ -199,8 +199,15 @@ class ProxyEndpoint:
         the declared length: a client that declares 25 MiB and sends nothing
         holds nothing (and the client body timeout ends it).  A body that
         does not match its Content-Length is never forwarded.
+
+        A request framed without a body (no Content-Length, or 0, and not
+        chunked: most queries) is not read at all: there is nothing to
+        receive, and the disconnect watcher reads past its empty message.
         """
-        declared = _declared_length(scope["headers"])
+        declared, chunked = _body_framing(scope["headers"])
+        if not declared and not chunked:
+            exchange.had_length = declared is not None
+            return b"", 0
         if declared is not None and declared > self._max_body:
             await self._reject_too_large(exchange, declared)
             return None, 0
@@ -587,14 +594,19 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+def _body_framing(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool]:
+    """The request's Content-Length (None: absent or unreadable) and whether its body is chunked."""
+    declared: int | None = None
+    chunked = False
     for name, value in headers:
         if name == b"content-length":
             try:
-                return int(value)
+                declared = int(value)
             except ValueError:
-                return None
-    return None
+                declared = None
+        elif name == b"transfer-encoding":
+            chunked = True
+    return declared, chunked
 
 
 async def _classify_503(response: UpstreamResponse) -> tuple[bytes, bool]:

@@ -95,3 +95,17 @@ async def test_later_requests_are_swept_when_their_own_delay_is_up() -> None:
     for request in (first, second):
         watch.discard(request)
         request.task.cancel()
+
+
+async def test_the_unread_empty_request_message_of_a_bodiless_request_is_skipped() -> None:
+    loop = asyncio.get_running_loop()
+    watch = DisconnectWatch(after=0.01)
+    request = _request()
+    request.messages.put_nowait({"type": "http.request", "body": b"", "more_body": False})
+    watch.add(request, loop)
+    await asyncio.sleep(0.05)
+    assert request.watcher is not None and not request.task.done()
+    request.messages.put_nowait({"type": "http.disconnect"})
+    with pytest.raises(asyncio.CancelledError):
+        await request.task
+    assert request.client_gone
