@@ -36,11 +36,15 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("prometheus-client metrics", ("prometheus_client/",)),
     ("builtin transport (app/transport.py)", ("app/transport.py",)),
     ("httpx (nothing per request unless a test transport is injected)", ("httpx/",)),
-    ("our app code (app/*: proxy, headers, pool, client, main)", ("app/",)),
+    ("our app code (app/*: proxy, headers, pool, protocol limits, metrics)", ("app/",)),
     ("starlette (middleware stack, router)", ("starlette/",)),
     ("uvicorn (httptools protocol, ASGI cycle)", ("uvicorn/",)),
 )
-LOOP = "event loop, socket I/O, task scheduling"
+LOOP = "event loop: epoll, socket reads, task scheduling"
+# The two functions that hand a request's bytes to the kernel: their own time is
+# the write system calls (and the loopback delivery to the peer they include).
+SOCKET_WRITES = "socket writes (request to the backend, response to the client)"
+WRITERS = (("_Connection.send", "app/transport.py"), ("HeadHoldingTransport.write", "app/http_protocol.py"))
 # Frames that are on every stack because they started the server, not because they work.
 BOOTSTRAP = (
     "runpy.py",
@@ -141,6 +145,9 @@ def load_stacks(text: str) -> list[tuple[list[tuple[str, str]], int]]:
 def layer_of(frames: Sequence[tuple[str, str]]) -> str:
     """The layer a sample's own time belongs to: its innermost frame outside the standard library,
     so a stdlib helper (re, enum, asyncio.timeout) counts for the code that called it."""
+    name, path = frames[-1]
+    if any(name == writer and path.endswith(where) for writer, where in WRITERS):
+        return SOCKET_WRITES
     for _, path in reversed(frames):
         if any(marker in path for marker in BOOTSTRAP):
             continue
