@@ -38,7 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from app.logs import OperatorHandler, redact, redact_query
+from app.logs import OperatorHandler, hints_secret, redact, redact_query
 
 LOGGER_NAME = "hyperbytedb_proxy.access"
 MESSAGE = "request"
@@ -166,9 +166,7 @@ class AccessLog:
             if len(lines) >= BATCH_LINES:
                 self._flush()
                 return
-        if self._flush_timer is None:
-            assert self._loop is not None
-            self._flush_timer = self._loop.call_later(self._flush_secs, self._flush)
+        self._flush_soon()
 
     def record(self, fields: dict[str, Any]) -> None:
         """Log one request from its fields, which keep their order in the line."""
@@ -176,6 +174,9 @@ class AccessLog:
             self._logger.info(MESSAGE, extra={"fields": fields})
             return
         self._lines.append(self.line(time.time(), fields))
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if self._flush_timer is None:
             assert self._loop is not None
             self._flush_timer = self._loop.call_later(self._flush_secs, self._flush)
@@ -219,7 +220,7 @@ class AccessLog:
             )
             # Only the path, the query and the client can carry a credential:
             # the patterns run when one of them hints at one.
-            if _hints_secret(f"{path}{text}{client}".lower()):
+            if hints_secret(f"{path}{text}{client}".lower()):
                 line = redact(line)
             append(line)
         return lines
@@ -249,10 +250,6 @@ class AccessLog:
 # What request() keeps of a request until its line is formatted: when it ended
 # (wall clock), then the fields in the line's order, the times in seconds.
 _Entry = tuple[float, str, str, bytes, int, str, str | None, int, float, float, str | None]
-
-
-def _hints_secret(lowered: str) -> bool:
-    return "p=" in lowered or "password" in lowered or "authorization" in lowered
 
 
 def _query(query: bytes) -> str:

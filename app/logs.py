@@ -13,7 +13,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TextIO
 
 REDACTED = "[REDACTED]"
@@ -35,10 +35,14 @@ _SECRET_PATTERNS = (
 )  # fmt: skip
 
 
+def hints_secret(lowered: str) -> bool:
+    """Whether lower-cased text may hold a credential; the patterns only run when it does."""
+    return "p=" in lowered or "authorization" in lowered or "password" in lowered
+
+
 def redact(text: str) -> str:
     """Remove passwords and credentials from a log line."""
-    lowered = text.lower()
-    if "p=" not in lowered and "authorization" not in lowered and "password" not in lowered:
+    if not hints_secret(text.lower()):
         return text  # the common case, without running the patterns
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
@@ -51,8 +55,6 @@ def redact_query(query: str) -> str:
 
 
 class _Formatter(logging.Formatter):
-    converter: Callable[[float | None], time.struct_time] = time.gmtime
-
     def fields(self, record: logging.LogRecord) -> Mapping[str, Any]:
         return getattr(record, "fields", None) or {}
 

@@ -31,7 +31,7 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app.addresses import HostPort, parse_host_port
+from app.addresses import HostPort
 from app.discovery import LookupFailed, Resolver, canonical_ip
 from app.settings import Settings
 
@@ -53,12 +53,7 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 def peer_port(settings: Settings) -> int:
     """The port peers serve the admin API on: the admin listener's if there is one, else the listener's."""
-    admin = getattr(settings, "admin_listen", None)
-    if isinstance(admin, HostPort):
-        return admin.port
-    if isinstance(admin, str) and admin.strip():
-        return parse_host_port(admin).port
-    return settings.listen.port
+    return (settings.admin_listen or settings.listen).port
 
 
 def _specific(host: str) -> str | None:
@@ -93,8 +88,8 @@ class PeerFleet:
         self._resolver = resolver
         self._client = client
         self._clock = clock
-        admin = getattr(settings, "admin_listen", None)
-        hosts = [settings.self_ip, settings.listen.host, getattr(admin, "host", None)]
+        admin = settings.admin_listen
+        hosts = [settings.self_ip, settings.listen.host, admin.host if admin else None]
         self._own: set[str] = {ip for ip in (_specific(h) for h in hosts if h) if ip}
         self._changed_while_syncing: set[str] = set()
         self.synced = False
@@ -118,8 +113,7 @@ class PeerFleet:
         return [ip for ip in found if ip not in self._own]
 
     def _url(self, peer: str, path: str) -> str:
-        host = f"[{peer}]" if ":" in peer else peer
-        return f"http://{host}:{self._port}{path}"
+        return f"http://{HostPort(peer, self._port)}{path}"
 
     # -- fan-out ----------------------------------------------------------------
 

@@ -117,7 +117,6 @@ class ProxyEndpoint:
         self._trusted = TrustedProxies(settings.trusted_proxies)
         self._timeouts = Timeouts(settings.connect_timeout_ms / 1000, settings.request_timeout_secs)
         self._pending = 0
-        self._buffered = 0
         self._loop: asyncio.AbstractEventLoop | None = None  # the serving loop, known at the first request
         self._watch = DisconnectWatch()
 
@@ -250,16 +249,13 @@ class ProxyEndpoint:
         return (chunks[0] if len(chunks) == 1 else b"".join(chunks)), reserved
 
     def _reserve(self, size: int) -> int:
-        if self._buffered + size > self._settings.max_buffered_bytes:
+        if self._stats.buffered_bytes + size > self._settings.max_buffered_bytes:
             raise _Overloaded
-        self._buffered += size
         self._stats.buffered_bytes += size
         return size
 
     def _release(self, size: int) -> None:
-        if size:
-            self._buffered -= size
-            self._stats.buffered_bytes -= size
+        self._stats.buffered_bytes -= size
 
     async def _reject_too_large(self, exchange: _Exchange, declared: int | None) -> None:
         what = f"request body of {declared} bytes" if declared is not None else "request body"
@@ -488,10 +484,6 @@ class ProxyEndpoint:
 
     # -- bookkeeping -----------------------------------------------------
 
-    def _client_address(self, scope: Scope) -> str | None:
-        """The access log's ``client`` field: decided here and nowhere else (trusted forwarders rule)."""
-        return client_address(scope, self._trusted)
-
     def _record(self, exchange: _Exchange) -> None:
         elapsed = time.perf_counter() - exchange.started
         outcome = exchange.outcome
@@ -499,18 +491,17 @@ class ProxyEndpoint:
         access_log = self._access_log
         if access_log.enabled:
             scope = exchange.scope
-            backend = exchange.backend
             access_log.request(
                 scope["method"],
                 scope["path"],
                 scope["query_string"],
                 exchange.status,
                 outcome,
-                backend.host_header if backend is not None else None,
+                exchange.backend_name,
                 exchange.attempts,
                 exchange.held,
                 elapsed,
-                self._client_address(scope),
+                client_address(scope, self._trusted),  # the trusted-forwarders rule decides it
             )
 
 

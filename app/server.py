@@ -15,7 +15,7 @@ import ssl
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import cast
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -40,26 +40,38 @@ def http_protocol(settings: Settings, on_violation: Callable[[str], None]) -> Ca
     return limited_protocol(ClientLimits.from_settings(settings), on_violation)
 
 
+# What the proxy changes from uvicorn's defaults, under uvicorn and gunicorn alike.
+SERVER_OPTIONS: dict[str, Any] = {
+    "lifespan": "on",
+    "access_log": False,
+    "server_header": False,  # the client sees the backend's Server and Date, once
+    "date_header": False,
+    "proxy_headers": False,  # X-Forwarded-For must name the real peer
+}
+
+
+def settings_options(settings: Settings, on_violation: Callable[[str], None]) -> dict[str, Any]:
+    """The server options that come from the settings; ``on_violation`` counts each client-side limit hit."""
+    return {
+        "http": http_protocol(settings, on_violation),
+        "timeout_keep_alive": settings.keepalive_timeout_secs,
+        "timeout_graceful_shutdown": math.ceil(settings.shutdown_grace_secs),
+    }
+
+
 def uvicorn_config(
     app: ASGIApp, settings: Settings, *, on_violation: Callable[[str], None]
 ) -> uvicorn.Config:
-    """The proxy's uvicorn configuration; ``on_violation`` counts each client-side limit hit."""
+    """The proxy's uvicorn configuration."""
     fast = importlib.util.find_spec("uvloop") is not None
     return uvicorn.Config(
         app,
         host=settings.listen.host,
         port=settings.listen.port,
         loop="uvloop" if fast else "asyncio",
-        # uvicorn calls `http` as a factory; its annotation admits only a Protocol class.
-        http=cast("type[asyncio.Protocol]", http_protocol(settings, on_violation)),
-        lifespan="on",
         log_config=None,
-        access_log=False,
-        server_header=False,  # the client sees the backend's Server and Date, once
-        date_header=False,
-        proxy_headers=False,  # X-Forwarded-For must name the real peer
-        timeout_keep_alive=settings.keepalive_timeout_secs,
-        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_secs),
+        **SERVER_OPTIONS,
+        **settings_options(settings, on_violation),
     )
 
 

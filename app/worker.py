@@ -7,27 +7,18 @@ drain; this one reuses the single-process server's configuration instead.
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any, ClassVar
 
 from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
-from app.server import ProxyServer, http_protocol, listener_tls
+from app.server import SERVER_OPTIONS, ProxyServer, listener_tls, settings_options
 
 
 # uvicorn-worker ships no type information, so its worker class is Any to mypy.
 class ProxyWorker(UvicornWorker):  # type: ignore[misc]
-    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
-        "loop": "uvloop",
-        "http": "httptools",
-        "lifespan": "on",
-        "access_log": False,
-        "server_header": False,
-        "date_header": False,
-        "proxy_headers": False,
-    }
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "uvloop", **SERVER_OPTIONS}
 
     async def _serve(self) -> None:
         self.config.app = self.wsgi
@@ -35,9 +26,8 @@ class ProxyWorker(UvicornWorker):  # type: ignore[misc]
         grace = state.settings.shutdown_grace_secs
         # The worker's Config was built before the app was loaded; the
         # protocol and keep-alive need the app's settings and metrics.
-        self.config.http = http_protocol(state.settings, state.metrics.count_client_violation)
-        self.config.timeout_keep_alive = state.settings.keepalive_timeout_secs
-        self.config.timeout_graceful_shutdown = math.ceil(grace)
+        for name, value in settings_options(state.settings, state.metrics.count_client_violation).items():
+            setattr(self.config, name, value)
         # Built here, after the fork: each worker reloads rotated certificates itself.
         tls = listener_tls(state.settings)
         server = ProxyServer(self.config, on_stop=state.begin_shutdown, grace_secs=grace, tls=tls)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import procfs, wrk
-from bench.cli import SCENARIOS, Bench, parse_args, say
+from bench.cli import CEILING_ARGV, SCENARIOS, Bench, parse_args, say
 from bench.tools import ToolError, ensure
 from sim.processes import stop_all
 
@@ -50,7 +50,7 @@ def _variant(spec: str) -> tuple[str, Path, dict[str, str]]:
 
 def _argv(tree: Path) -> list[str]:
     if tree == Path(CEILING):
-        return [sys.executable, "-m", "bench.ceiling"]
+        return list(CEILING_ARGV)
     # The tree goes first on sys.path, ahead of the repository (the child's cwd).
     code = (
         f"import sys; sys.path.insert(0, {str(tree)!r}); import runpy; "

@@ -50,6 +50,7 @@ ALL_PARTS = ("query", "write", "stream", "tls")
 FULL_STREAM_BYTES = 1024 * 1024 * 1024
 QUICK_STREAM_BYTES = 64 * 1024 * 1024
 WARMUP_SECS = 1
+CEILING_ARGV = (sys.executable, "-m", "bench.ceiling")  # the bare ASGI app of the ceiling row
 PAUSE_SECS = 0.5  # between wrk runs: let the previous run's connections close
 STEP_OVERHEAD_SECS = 1.5  # a target's start and warm-up, spread over its runs: for the first estimate
 STREAM_STEPS = 4  # the stream rows
@@ -277,17 +278,13 @@ class Bench:
             return proc
 
         # The access log's cost is judged at 32 connections, right after the default row.
-        at32 = 32 if 32 in self.args.connections else max(self.args.connections)
+        at32 = self.judged_conns()
         targets: list[tuple[str, Callable[[], NginxProcess | ProxyProcess], Combos | None]] = [
             (report.NGINX, self.start_nginx_rp, None),
             (report.NGINX_ACCESS_LOG, lambda: self.start_nginx_rp(access_log=True), None),
-            (report.CEILING, lambda: self.start_ours(argv=[sys.executable, "-m", "bench.ceiling"]), None),
+            (report.CEILING, self.start_ceiling, None),
             (report.OURS, ours, None),
-            (
-                report.OURS_LOG_OFF,
-                lambda: self.start_ours(env={"LOG_LEVEL": "warning"}),
-                [(scenario, at32) for scenario in self.scenarios],
-            ),
+            (report.OURS_LOG_OFF, self.start_ours_log_off, [(scenario, at32) for scenario in self.scenarios]),
             (
                 report.OURS_HTTPCORE,
                 lambda: self.start_ours(argv=[sys.executable, "-m", "bench.variant"]),
@@ -327,11 +324,21 @@ class Bench:
         finally:
             self._stop(backend)
 
+    def judged_conns(self) -> int:
+        """Where T7 and T8 are judged: 32 connections when measured, else the most."""
+        return 32 if 32 in self.args.connections else max(self.args.connections)
+
     def paired_conns(self) -> int | None:
-        """The connection count of the side-by-side rounds (32 when measured), or None: no rounds."""
+        """The connection count of the side-by-side rounds, or None: no rounds."""
         if "query" not in self.scenarios or self.args.paired_rounds < 1:
             return None
-        return 32 if 32 in self.args.connections else max(self.args.connections)
+        return self.judged_conns()
+
+    def start_ceiling(self) -> ProxyProcess:
+        return self.start_ours(argv=CEILING_ARGV)
+
+    def start_ours_log_off(self) -> ProxyProcess:
+        return self.start_ours(env={"LOG_LEVEL": "warning"})
 
     def paired_phase(self) -> None:
         """The ceiling, ours and ours without its log, all running, measured in turns, round after round."""
@@ -339,9 +346,9 @@ class Bench:
         assert conns is not None
         self.paired = paired = report.Paired(conns)
         starters: dict[str, Callable[[], ProxyProcess]] = {
-            report.CEILING: lambda: self.start_ours(argv=[sys.executable, "-m", "bench.ceiling"]),
+            report.CEILING: self.start_ceiling,
             report.OURS: self.start_ours,
-            report.OURS_LOG_OFF: lambda: self.start_ours(env={"LOG_LEVEL": "warning"}),
+            report.OURS_LOG_OFF: self.start_ours_log_off,
         }
         procs: dict[str, ProxyProcess] = {}
         try:

@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 import platform
 import re
+import statistics
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,15 @@ TARGETS = (BACKEND, NGINX, NGINX_ACCESS_LOG, CEILING, OURS, OURS_LOG_OFF, OURS_H
 CEILING_SHARE = 0.33  # of the uvicorn ceiling: two HTTP exchanges per request make ~0.5 the limit
 ACCESS_LOG_COST = 0.10  # most throughput the default access log may cost against it off
 
+
+def t7_text(conns: int = 32) -> str:
+    return f"{conns} conns, small query: req/s >= {CEILING_SHARE} of the uvicorn ceiling"
+
+
+def t8_text(conns: int = 32) -> str:
+    return f"{conns} conns, small query: the access log costs <= {ACCESS_LOG_COST:.0%} of req/s"
+
+
 PAIRED_TARGETS = (CEILING, OURS, OURS_LOG_OFF)  # measured in turns for T7 and T8
 
 
@@ -45,11 +55,8 @@ class Paired:
     rps: dict[str, list[float]] = field(default_factory=dict)
 
     def median(self, target: str) -> float | None:
-        values = sorted(self.rps.get(target) or [])
-        if not values:
-            return None
-        middle = len(values) // 2
-        return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+        values = self.rps.get(target)
+        return statistics.median(values) if values else None
 
     def to_json(self) -> dict[str, Any]:
         return {"conns": self.conns, "rps": self.rps, "medians": {t: self.median(t) for t in self.rps}}
@@ -62,7 +69,7 @@ class Paired:
             if target in self.rps
         ]
         headers = ["target", *(f"round {i + 1}" for i in range(rounds)), "median"]
-        body = [row + [""] * (len(headers) - len(row)) if len(row) < len(headers) else row for row in body]
+        body = [row + [""] * (len(headers) - len(row)) for row in body]
         title = f"Side by side: small query x{self.conns}, {rounds} interleaved rounds (req/s)"
         return [title, "", *_table(headers, body, left=1)]
 
@@ -223,7 +230,7 @@ def _row_checks(rows: Sequence[Row], row: Row) -> list[Check]:
         checks.append(
             Check(
                 "T7",
-                f"32 conns, small query: req/s >= {CEILING_SHARE} of the uvicorn ceiling",
+                t7_text(),
                 None if row.vs_ceiling is None else row.vs_ceiling >= CEILING_SHARE,
                 "no ceiling row"
                 if row.vs_ceiling is None
@@ -236,7 +243,7 @@ def _row_checks(rows: Sequence[Row], row: Row) -> list[Check]:
             checks.append(
                 Check(
                     "T8",
-                    f"32 conns, small query: the access log costs <= {ACCESS_LOG_COST:.0%} of req/s",
+                    t8_text(),
                     cost <= ACCESS_LOG_COST,
                     f"{w.rps:,.0f} on vs {log_off.rps:,.0f} off = {cost:+.1%}",
                 )
@@ -293,7 +300,7 @@ def _paired_checks(paired: Paired, rows: Sequence[Row]) -> list[Check]:
         checks.append(
             Check(
                 "T7",
-                f"{paired.conns} conns, small query: req/s >= {CEILING_SHARE} of the uvicorn ceiling",
+                t7_text(paired.conns),
                 ours / ceiling >= CEILING_SHARE,
                 f"medians {ours:,.0f} vs {ceiling:,.0f} req/s = {ours / ceiling:.3f} x ceiling"
                 f" (need >= {CEILING_SHARE}{single})",
@@ -306,7 +313,7 @@ def _paired_checks(paired: Paired, rows: Sequence[Row]) -> list[Check]:
         checks.append(
             Check(
                 "T8",
-                f"{paired.conns} conns, small query: the access log costs <= {ACCESS_LOG_COST:.0%} of req/s",
+                t8_text(paired.conns),
                 cost <= ACCESS_LOG_COST,
                 f"medians {ours:,.0f} on vs {log_off:,.0f} off = {cost:+.1%}{single}",
             )
@@ -330,12 +337,12 @@ def evaluate(
     ours = [row for row in rows if row.target == OURS and row.wrk]
     seen: set[str] = set()
     replaced = _paired_checks(paired, rows) if paired is not None else []
-    for check in replaced:
-        checks.append(check)
-        seen.add(check.id)
+    replaced_ids = {check.id for check in replaced}
+    checks += replaced
+    seen |= replaced_ids
     for row in ours:
         for check in _row_checks(rows, row):
-            if check.id in {c.id for c in replaced}:
+            if check.id in replaced_ids:
                 continue
             checks.append(check)
             seen.add(check.id)
@@ -344,8 +351,8 @@ def evaluate(
         ("T2", "32 conns, small query: p99 <= 3 x p50"),
         ("T3", "1 conn: adds <= 0.2 ms to backend-alone p50"),
         ("T4", "256 conns: no errors, req/s >= 80% of 32-conn"),
-        ("T7", f"32 conns, small query: req/s >= {CEILING_SHARE} of the uvicorn ceiling"),
-        ("T8", f"32 conns, small query: the access log costs <= {ACCESS_LOG_COST:.0%} of req/s"),
+        ("T7", t7_text()),
+        ("T8", t8_text()),
     ):
         if cid not in seen:
             checks.append(Check(cid, text, None, "not measured in this run"))
