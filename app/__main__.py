@@ -62,7 +62,7 @@ def configure_process() -> Settings:
     setup_logging(settings.log_format, settings.log_level, quiet_exceptions=(UpstreamAborted,))
     warn_unknown_variables(os.environ)
     warn_about_tls(settings)
-    if settings.admin_listen is not None and settings.admin_token is None:
+    if settings.admin_open:
         logging.getLogger("hyperbytedb_proxy").warning(
             "admin listener without ADMIN_TOKEN: exclude/include need no token there; "
             "keep its port unreachable from clients",

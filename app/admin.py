@@ -34,7 +34,7 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 def require_token(state: ProxyState, endpoint: Endpoint) -> Endpoint:
     """Guard an operator endpoint with the configured bearer token (compared in constant time)."""
     configured = state.settings.admin_token
-    if configured is None and state.settings.admin_listen is not None:
+    if state.settings.admin_open:
         return endpoint  # the admin listener's network is the boundary, as upstream's
 
     async def guarded(request: Request) -> Response:

@@ -91,6 +91,7 @@ class PeerFleet:
         admin = settings.admin_listen
         hosts = [settings.self_ip, settings.listen.host, admin.host if admin else None]
         self._own: set[str] = {ip for ip in (_specific(h) for h in hosts if h) if ip}
+        self._admin_open = settings.admin_open  # peers' operator API needs no token either
         self._changed_while_syncing: set[str] = set()
         self.synced = False
 
@@ -200,14 +201,16 @@ class PeerFleet:
     async def sync_at_start(self, token: str | None, adopt: Callable[[Iterable[str]], None]) -> None:
         """Adopt a peer's exclusions, then count as synced (also when none answers in time)."""
         try:
-            if token is not None:
+            if token is not None or self._admin_open:
                 await self._sync(token, adopt)
         finally:
             self.synced = True
 
-    async def _sync(self, token: str, adopt: Callable[[Iterable[str]], None]) -> None:
+    async def _sync(self, token: str | None, adopt: Callable[[Iterable[str]], None]) -> None:
         deadline = self._clock() + self._timeout
-        headers = {"authorization": f"Bearer {token}", FANOUT_HEADER: "1"}
+        headers = {FANOUT_HEADER: "1"}
+        if token is not None:
+            headers["authorization"] = f"Bearer {token}"
         for round_number in range(MAX_ROUNDS):
             found = await self.peers()
             if not found:  # the first replica (or DNS lists none): nothing to learn

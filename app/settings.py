@@ -397,6 +397,11 @@ class Settings(BaseSettings):
         return self.backend_server_name or self.backend_names[0]
 
     @property
+    def admin_open(self) -> bool:
+        """The operator API needs no token: it is on its own listener and none is set (upstream's way)."""
+        return self.admin_token is None and self.admin_listen is not None
+
+    @property
     def listener_tls(self) -> bool:
         return self.tls_cert_file is not None
 

@@ -208,6 +208,17 @@ async def test_start_up_sync_ends_at_once_without_peers_or_token(
     assert not fleet.calls
 
 
+async def test_start_up_sync_needs_no_token_when_the_admin_listener_is_open() -> None:
+    fleet = Fleet({PEER_A: [200]}, excluded=["10.9.9.9"])
+    peers = fleet.peer_fleet(Resolver([PEER_A]), admin_listen="127.0.0.1:9087")
+    adopted: list[set[str]] = []
+    await peers.sync_at_start(None, lambda ips: adopted.append(set(ips)))
+    assert adopted == [{"10.9.9.9"}]
+    (asked,) = fleet.requests
+    assert "authorization" not in asked.headers and asked.headers[FANOUT_HEADER] == "1"
+    assert asked.url.port == 9087  # the peer's admin listener
+
+
 def test_peer_service_settings() -> None:
     assert settings(peer_service="  ").peer_service is None
     assert settings().peer_timeout_secs == 5
